@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# README command 2: the whole test suite. Sets up what is missing (ONNX Runtime, demo models, the Python test clients),
+# runs the Rust unit and integration tests, then the conformance tests with real third-party clients (tests/python/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --test
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$PWD/.onnxruntime/libonnxruntime.so.1.31.1}"
+echo "== cargo test" >&2
+cargo test --all-targets --quiet
+echo "== python conformance tests (tritonclient)" >&2
+cargo build --quiet --bin sluice
+SLUICE_BIN="$PWD/target/debug/sluice" .venv/bin/python -m pytest -q tests/python

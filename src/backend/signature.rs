@@ -1,0 +1,178 @@
+//! A model's inputs and outputs, and the checks a request must pass before it may queue.
+
+use crate::protocol::{NamedTensor, RequestedOutput};
+use crate::tensor::{DataType, Tensor};
+
+/// One input or output: name, data type and dims as the model declares them (`-1` = any size).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: DataType,
+    pub dims: Vec<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelSignature {
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// Why a request does not fit the model. All map to 400.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ValidationError {
+    #[error("unknown input '{name}' (the model's inputs are: {expected})")]
+    UnknownInput { name: String, expected: String },
+    #[error("missing input '{name}'")]
+    MissingInput { name: String },
+    #[error("input '{name}' has datatype {got} but the model expects {expected}")]
+    Datatype { name: String, got: DataType, expected: DataType },
+    #[error("input '{name}' has shape {got:?} but the model expects {expected}")]
+    Shape { name: String, got: Vec<usize>, expected: String },
+    #[error("inputs disagree on the batch size: '{first}' has {first_rows} rows, '{name}' has {rows}")]
+    BatchMismatch { first: String, first_rows: usize, name: String, rows: usize },
+    #[error("batch size {rows} is over the model's max_batch_size of {max}")]
+    TooManyRows { rows: usize, max: usize },
+    #[error("unknown output '{name}' (the model's outputs are: {expected})")]
+    UnknownOutput { name: String, expected: String },
+    #[error("the request has no inputs")]
+    NoInputs,
+}
+
+/// A request that fits the model: inputs in model order, and the rows it adds to a batch (1 for non-batching models).
+#[derive(Debug)]
+pub struct ValidatedInputs {
+    pub tensors: Vec<Tensor>,
+    pub rows: usize,
+}
+
+impl ModelSignature {
+    /// True when every input and output has a dynamic first dimension, so requests can be stacked along it.
+    pub fn can_batch(&self) -> bool {
+        self.inputs.iter().chain(&self.outputs).all(|s| s.dims.first() == Some(&-1))
+    }
+
+    fn names(specs: &[TensorSpec]) -> String {
+        specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Checks names, data types and shapes, and orders the inputs as the model wants them.
+    /// `max_batch_size` 0 means the model does not batch: shapes must match the declared dims exactly.
+    pub fn validate(&self, inputs: Vec<NamedTensor>, max_batch_size: usize) -> Result<ValidatedInputs, ValidationError> {
+        if inputs.is_empty() {
+            return Err(ValidationError::NoInputs);
+        }
+        for given in &inputs {
+            if !self.inputs.iter().any(|s| s.name == given.name) {
+                return Err(ValidationError::UnknownInput { name: given.name.clone(), expected: Self::names(&self.inputs) });
+            }
+        }
+        let mut slots: Vec<Option<NamedTensor>> = inputs.into_iter().map(Some).collect();
+        let mut tensors = Vec::with_capacity(self.inputs.len());
+        let mut batch: Option<(String, usize)> = None;
+        for spec in &self.inputs {
+            let given = slots
+                .iter_mut()
+                .find(|s| s.as_ref().is_some_and(|t| t.name == spec.name))
+                .and_then(Option::take)
+                .ok_or_else(|| ValidationError::MissingInput { name: spec.name.clone() })?;
+            let tensor = given.tensor;
+            if tensor.dtype() != spec.dtype {
+                return Err(ValidationError::Datatype { name: spec.name.clone(), got: tensor.dtype(), expected: spec.dtype });
+            }
+            let shape_ok = tensor.shape().len() == spec.dims.len()
+                && tensor.shape().iter().zip(&spec.dims).enumerate().all(|(i, (&got, &want))| {
+                    (want < 0 && !(i == 0 && max_batch_size > 0 && got == 0)) || got as i64 == want
+                });
+            if !shape_ok {
+                return Err(ValidationError::Shape {
+                    name: spec.name.clone(),
+                    got: tensor.shape().to_vec(),
+                    expected: describe_dims(&spec.dims, max_batch_size > 0),
+                });
+            }
+            if max_batch_size > 0 {
+                let rows = tensor.rows();
+                match &batch {
+                    None => batch = Some((spec.name.clone(), rows)),
+                    Some((first, first_rows)) if *first_rows != rows => {
+                        return Err(ValidationError::BatchMismatch {
+                            first: first.clone(),
+                            first_rows: *first_rows,
+                            name: spec.name.clone(),
+                            rows,
+                        })
+                    }
+                    Some(_) => {}
+                }
+            }
+            tensors.push(tensor);
+        }
+        let rows = batch.map(|(_, rows)| rows).unwrap_or(1);
+        if max_batch_size > 0 && rows > max_batch_size {
+            return Err(ValidationError::TooManyRows { rows, max: max_batch_size });
+        }
+        Ok(ValidatedInputs { tensors, rows })
+    }
+
+    /// Resolves the requested outputs to indexes into [`ModelSignature::outputs`]; empty means all of them.
+    pub fn select_outputs(&self, requested: &[RequestedOutput]) -> Result<Vec<usize>, ValidationError> {
+        if requested.is_empty() {
+            return Ok((0..self.outputs.len()).collect());
+        }
+        requested
+            .iter()
+            .map(|r| {
+                self.outputs
+                    .iter()
+                    .position(|s| s.name == r.name)
+                    .ok_or_else(|| ValidationError::UnknownOutput { name: r.name.clone(), expected: Self::names(&self.outputs) })
+            })
+            .collect()
+    }
+}
+
+/// Human form of declared dims, e.g. `[batch, 64]` or `[8]`.
+fn describe_dims(dims: &[i64], batching: bool) -> String {
+    let parts: Vec<String> = dims
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| match d {
+            _ if i == 0 && batching => "batch (1..max_batch_size)".to_string(),
+            d if d < 0 => "any".to_string(),
+            d => d.to_string(),
+        })
+        .collect();
+    format!("[{}]", parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sig() -> ModelSignature {
+        ModelSignature {
+            inputs: vec![
+                TensorSpec { name: "a".into(), dtype: DataType::F32, dims: vec![-1, 2] },
+                TensorSpec { name: "b".into(), dtype: DataType::I64, dims: vec![-1, 1] },
+            ],
+            outputs: vec![TensorSpec { name: "y".into(), dtype: DataType::F32, dims: vec![-1, 3] }],
+        }
+    }
+
+    fn named(name: &str, t: Tensor) -> NamedTensor {
+        NamedTensor { name: name.into(), tensor: t }
+    }
+
+    #[test]
+    fn orders_inputs_and_checks_batch_agreement() {
+        let a = Tensor::from_slice(DataType::F32, vec![2, 2], &[0f32; 4]).unwrap();
+        let b = Tensor::from_slice(DataType::I64, vec![2, 1], &[0i64; 2]).unwrap();
+        let v = sig().validate(vec![named("b", b.clone()), named("a", a.clone())], 8).unwrap();
+        assert_eq!(v.rows, 2);
+        assert_eq!(v.tensors[0].dtype(), DataType::F32);
+        let b1 = Tensor::from_slice(DataType::I64, vec![1, 1], &[0i64]).unwrap();
+        assert!(matches!(sig().validate(vec![named("a", a.clone()), named("b", b1)], 8), Err(ValidationError::BatchMismatch { .. })));
+        assert!(matches!(sig().validate(vec![named("a", a.clone()), named("b", b.clone())], 1), Err(ValidationError::TooManyRows { .. })));
+        assert!(matches!(sig().validate(vec![named("a", a)], 8), Err(ValidationError::MissingInput { .. })));
+    }
+}

@@ -1,0 +1,292 @@
+//! Typed, validated configuration: the server file (`config/sluice.toml`) and each model's `model.toml`.
+//! Every default lives here; every error names the file and the key.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}` {message}")]
+    Invalid { path: PathBuf, key: &'static str, message: String },
+}
+
+/// The whole server configuration (`sluice serve --config FILE`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub onnxruntime: OnnxRuntimeConfig,
+    pub logging: LoggingConfig,
+    /// Defaults for models whose `model.toml` does not say.
+    pub model_defaults: ModelDefaults,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            onnxruntime: OnnxRuntimeConfig::default(),
+            logging: LoggingConfig::default(),
+            model_defaults: ModelDefaults::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// KServe V2 HTTP listener.
+    pub http: SocketAddr,
+    /// The model repository.
+    pub models: PathBuf,
+    /// Largest request body accepted (413 above it).
+    pub max_body_bytes: usize,
+    /// Largest element count of a single input tensor (400 above it).
+    pub max_tensor_elements: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            http: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            models: PathBuf::from("models"),
+            max_body_bytes: 64 * 1024 * 1024,
+            max_tensor_elements: 16 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OnnxRuntimeConfig {
+    /// Path to `libonnxruntime.so`; otherwise `ORT_DYLIB_PATH`, otherwise `.onnxruntime/` (what scripts/setup.sh fetches).
+    pub library: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `sluice=debug,info`. `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig { format: LogFormat::Human, level: "info".into() }
+    }
+}
+
+/// Server-wide defaults for the per-model settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelDefaults {
+    /// Used when a model that can batch (dynamic dim 0 everywhere) does not set `max_batch_size`.
+    pub max_batch_size: usize,
+    pub queue_capacity: usize,
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    pub threads: usize,
+}
+
+impl Default for ModelDefaults {
+    fn default() -> Self {
+        ModelDefaults { max_batch_size: 32, queue_capacity: 1024, queue_timeout: Duration::from_secs(10), threads: 1 }
+    }
+}
+
+/// Execution providers a model may ask for, tried in order; CPU is always the last resort.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProviderKind {
+    Tensorrt,
+    Cuda,
+    Cpu,
+}
+
+/// A model's `model.toml`, as written (optional fields fall back to [`ModelDefaults`]).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelFile {
+    /// Rows per batch; 0 turns batching off. Unset: the server default if the model can batch, else 0.
+    pub max_batch_size: Option<usize>,
+    /// ONNX Runtime sessions run side by side (each on its own thread).
+    pub instances: Option<usize>,
+    /// Intra-op threads per session (0 = ONNX Runtime's default).
+    pub threads: Option<usize>,
+    pub execution_providers: Option<Vec<ExecutionProviderKind>>,
+    pub dynamic_batching: DynamicBatchingFile,
+    pub queue: QueueFile,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DynamicBatchingFile {
+    /// How long the oldest request may wait for a fuller batch when an instance is free (e.g. "2ms"; 0 = dispatch at once).
+    #[serde(with = "humantime_serde::option")]
+    pub max_queue_delay: Option<Duration>,
+    /// Batch sizes worth waiting for: reaching one dispatches at once.
+    pub preferred_batch_sizes: Vec<usize>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueFile {
+    /// Most requests waiting at once (429 above it).
+    pub capacity: Option<usize>,
+    /// Most rows waiting at once (429 above it).
+    pub max_rows: Option<usize>,
+    /// Longest wait in the queue before 504 (a request's `timeout` parameter may lower it).
+    #[serde(with = "humantime_serde::option")]
+    pub timeout: Option<Duration>,
+    /// Number of priority levels (1 = highest); requests pick one with the `priority` parameter.
+    pub priority_levels: Option<u32>,
+    /// Level used when a request does not give one.
+    pub default_priority: Option<u32>,
+}
+
+/// A model's effective settings, after defaults and validation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSettings {
+    pub max_batch_size: usize,
+    pub instances: usize,
+    pub threads: usize,
+    pub execution_providers: Vec<ExecutionProviderKind>,
+    pub max_queue_delay: Duration,
+    pub preferred_batch_sizes: Vec<usize>,
+    pub queue_capacity: usize,
+    pub queue_max_rows: usize,
+    pub queue_timeout: Duration,
+    pub priority_levels: u32,
+    pub default_priority: u32,
+}
+
+impl ModelFile {
+    pub fn load(path: &Path) -> Result<ModelFile, ConfigError> {
+        if !path.exists() {
+            return Ok(ModelFile::default());
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+    }
+
+    /// Applies defaults and checks the values. `can_batch` says whether every input and output has a dynamic dim 0.
+    pub fn resolve(&self, defaults: &ModelDefaults, can_batch: bool, path: &Path) -> Result<ModelSettings, ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { path: path.into(), key, message };
+        let max_batch_size = match self.max_batch_size {
+            Some(n) if n > 0 && !can_batch => {
+                return Err(invalid(
+                    "max_batch_size",
+                    format!("is {n} but the model's inputs and outputs do not all have a dynamic first dimension; set it to 0"),
+                ))
+            }
+            Some(n) => n,
+            None if can_batch => defaults.max_batch_size,
+            None => 0,
+        };
+        let instances = self.instances.unwrap_or(1);
+        if instances == 0 || instances > 64 {
+            return Err(invalid("instances", format!("must be between 1 and 64, got {instances}")));
+        }
+        let preferred = self.dynamic_batching.preferred_batch_sizes.clone();
+        if let Some(&bad) = preferred.iter().find(|&&p| p == 0 || p > max_batch_size.max(1)) {
+            return Err(invalid("dynamic_batching.preferred_batch_sizes", format!("{bad} is not between 1 and max_batch_size ({max_batch_size})")));
+        }
+        let queue_capacity = self.queue.capacity.unwrap_or(defaults.queue_capacity);
+        if queue_capacity == 0 {
+            return Err(invalid("queue.capacity", "must be at least 1".into()));
+        }
+        let queue_max_rows = self.queue.max_rows.unwrap_or(queue_capacity.saturating_mul(max_batch_size.max(1)));
+        if queue_max_rows < max_batch_size.max(1) {
+            return Err(invalid("queue.max_rows", format!("must be at least max_batch_size ({max_batch_size})")));
+        }
+        let queue_timeout = self.queue.timeout.unwrap_or(defaults.queue_timeout);
+        if queue_timeout.is_zero() {
+            return Err(invalid("queue.timeout", "must be above zero".into()));
+        }
+        let priority_levels = self.queue.priority_levels.unwrap_or(1);
+        if priority_levels == 0 || priority_levels > 16 {
+            return Err(invalid("queue.priority_levels", format!("must be between 1 and 16, got {priority_levels}")));
+        }
+        let default_priority = self.queue.default_priority.unwrap_or(priority_levels.div_ceil(2));
+        if default_priority == 0 || default_priority > priority_levels {
+            return Err(invalid("queue.default_priority", format!("must be between 1 and priority_levels ({priority_levels})")));
+        }
+        let mut execution_providers = self.execution_providers.clone().unwrap_or_else(|| vec![ExecutionProviderKind::Cpu]);
+        if execution_providers.is_empty() {
+            execution_providers.push(ExecutionProviderKind::Cpu);
+        }
+        Ok(ModelSettings {
+            max_batch_size,
+            instances,
+            threads: self.threads.unwrap_or(defaults.threads),
+            execution_providers,
+            max_queue_delay: self.dynamic_batching.max_queue_delay.unwrap_or(Duration::ZERO),
+            preferred_batch_sizes: preferred,
+            queue_capacity,
+            queue_max_rows,
+            queue_timeout,
+            priority_levels,
+            default_priority,
+        })
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: &str| ConfigError::Invalid { path: path.into(), key, message: message.into() };
+        if self.server.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be above zero"));
+        }
+        if self.server.max_tensor_elements == 0 {
+            return Err(invalid("server.max_tensor_elements", "must be above zero"));
+        }
+        if self.model_defaults.queue_capacity == 0 {
+            return Err(invalid("model_defaults.queue_capacity", "must be at least 1"));
+        }
+        if self.model_defaults.queue_timeout.is_zero() {
+            return Err(invalid("model_defaults.queue_timeout", "must be above zero"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_file_defaults_and_errors_name_the_key() {
+        let path = Path::new("m/model.toml");
+        let file: ModelFile = toml::from_str("max_batch_size = 8\n[queue]\ncapacity = 0\n").unwrap();
+        let err = file.resolve(&ModelDefaults::default(), true, path).unwrap_err();
+        assert!(err.to_string().contains("`queue.capacity`"), "{err}");
+        let file: ModelFile = toml::from_str("max_batch_size = 8\n").unwrap();
+        let err = file.resolve(&ModelDefaults::default(), false, path).unwrap_err();
+        assert!(err.to_string().contains("`max_batch_size`"), "{err}");
+        let settings = ModelFile::default().resolve(&ModelDefaults::default(), false, path).unwrap();
+        assert_eq!(settings.max_batch_size, 0);
+        assert!(toml::from_str::<ModelFile>("max_batch = 8").unwrap_err().to_string().contains("max_batch"));
+    }
+}

@@ -1,0 +1,16 @@
+//! Sluice: a KServe V2 inference gateway with dynamic batching, queue backpressure and in-process ONNX Runtime.
+//!
+//! A request flows one way: [`server`] (HTTP) → [`protocol`] (decode) → [`backend::signature`] (validate) →
+//! [`scheduler`] (queue, batch) → [`backend`] (run) → back out through [`protocol`] (encode).
+//! See `docs/ARCHITECTURE.md`.
+
+pub mod app;
+pub mod backend;
+pub mod bench;
+pub mod config;
+pub mod logging;
+pub mod protocol;
+pub mod repository;
+pub mod scheduler;
+pub mod server;
+pub mod tensor;

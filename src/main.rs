@@ -1,0 +1,123 @@
+//! The `sluice` command line: `serve`, `models`, `bench`.
+
+use clap::{Parser, Subcommand};
+use sluice::config::{Config, LogFormat};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "A KServe V2 inference gateway with dynamic batching and backpressure")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the model repository over KServe V2 HTTP.
+    Serve(ServeArgs),
+    /// List the models in the repository with their input/output signatures and settings.
+    Models(ModelsArgs),
+    /// Closed-loop load generator over V2 HTTP (and a raw in-process ONNX Runtime baseline).
+    Bench(sluice::bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Configuration file (TOML); see config/sluice.toml.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Model repository directory (overrides [server] models).
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// HTTP listen address (overrides [server] http); port 0 picks a free port.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Log format (overrides [logging] format).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(clap::Args)]
+struct ModelsArgs {
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    models: Option<PathBuf>,
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config, String> {
+    match path {
+        Some(p) => Config::load(p).map_err(|e| e.to_string()),
+        None => Ok(Config::default()),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut config = load_config(args.config.as_ref())?;
+    if let Some(models) = args.models {
+        config.server.models = models;
+    }
+    if let Some(http) = args.http {
+        config.server.http = http;
+    }
+    if let Some(format) = args.log_format {
+        config.logging.format = format;
+    }
+    sluice::logging::init(&config.logging);
+    runtime()?.block_on(async {
+        let running = sluice::app::start(&config, sluice::server::shutdown_signal()).await.map_err(|e| e.to_string())?;
+        tracing::info!(http = %running.http_addr, models = %config.server.models.display(), "sluice is serving");
+        // A stable line on stdout for scripts and tests that start Sluice on port 0.
+        println!("sluice listening http={}", running.http_addr);
+        running.wait().await.map_err(|e| format!("server error: {e}"))
+    })
+}
+
+fn models(args: ModelsArgs) -> Result<(), String> {
+    let mut config = load_config(args.config.as_ref())?;
+    if let Some(models) = args.models {
+        config.server.models = models;
+    }
+    sluice::logging::init(&sluice::config::LoggingConfig { level: "warn".into(), ..config.logging.clone() });
+    runtime()?.block_on(async {
+        sluice::backend::onnx::init_runtime(config.onnxruntime.library.as_deref()).map_err(|e| e.to_string())?;
+        let repo = sluice::repository::Repository::load(&config.server.models, &config.model_defaults).map_err(|e| e.to_string())?;
+        for m in repo.all() {
+            let s = &m.settings;
+            println!(
+                "{}:{}  platform={} provider={} max_batch_size={} instances={} threads={} max_queue_delay={:?} queue={}req/{}rows timeout={:?}",
+                m.name, m.version, m.platform, m.execution_provider, s.max_batch_size, s.instances, s.threads, s.max_queue_delay,
+                s.queue_capacity, s.queue_max_rows, s.queue_timeout
+            );
+            for (kind, specs) in [("input ", &m.signature.inputs), ("output", &m.signature.outputs)] {
+                for t in specs {
+                    println!("    {kind} {:<16} {:<6} {:?}", t.name, t.dtype.v2_name(), t.dims);
+                }
+            }
+        }
+        repo.close();
+        Ok(())
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Models(args) => models(args),
+        Command::Bench(args) => sluice::bench::main(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("sluice: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The single place where errors become HTTP statuses and V2 error bodies (`{"error": "..."}`).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+
+/// An error as the client sees it: a status, a message that names the problem, and an optional retry hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// Sent as `Retry-After` (whole seconds, at least 1) on 429/503.
+    pub retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into(), retry_after: None }
+    }
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+    pub fn with_retry_after(mut self, after: Duration) -> ApiError {
+        self.retry_after = Some(after);
+        self
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message }).to_string();
+        let mut response = (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+impl From<crate::protocol::json::DecodeError> for ApiError {
+    fn from(err: crate::protocol::json::DecodeError) -> ApiError {
+        use crate::protocol::json::DecodeError;
+        let status = match err {
+            DecodeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, err.to_string())
+    }
+}
+
+impl From<crate::repository::LookupError> for ApiError {
+    fn from(err: crate::repository::LookupError) -> ApiError {
+        use crate::repository::LookupError;
+        let status = match err {
+            LookupError::UnknownModel(_) | LookupError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
+            LookupError::BadVersion(_) => StatusCode::BAD_REQUEST,
+            LookupError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, err.to_string())
+    }
+}
+
+impl From<crate::backend::signature::ValidationError> for ApiError {
+    fn from(err: crate::backend::signature::ValidationError) -> ApiError {
+        ApiError::bad_request(err.to_string())
+    }
+}
+
+impl From<crate::scheduler::ScheduleError> for ApiError {
+    fn from(err: crate::scheduler::ScheduleError) -> ApiError {
+        use crate::scheduler::ScheduleError;
+        match &err {
+            ScheduleError::QueueFull { retry_after, .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, err.to_string()).with_retry_after(*retry_after)
+            }
+            ScheduleError::TimedOut { .. } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, err.to_string()),
+            ScheduleError::ShuttingDown(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string()).with_retry_after(Duration::from_secs(1))
+            }
+            ScheduleError::TooManyRows { .. } | ScheduleError::BadPriority { .. } => ApiError::bad_request(err.to_string()),
+            ScheduleError::Backend(_) | ScheduleError::Lost => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! The V2 JSON codec with Triton's binary tensor data extension.
+//!
+//! A request body is either plain JSON, or (binary extension) a JSON header of `Inference-Header-Content-Length`
+//! bytes followed by the raw bytes of every input that declares `parameters.binary_data_size`, in input order.
+//! JSON `data` is parsed straight into tensor bytes (nested or flat arrays alike), after the datatype and shape are known.
+
+use super::types::{InferRequest, InferResponse, NamedTensor, RequestParams, RequestedOutput};
+use crate::tensor::{append_byte_string, element_count, DataType, Tensor, TensorError};
+use bytes::{Bytes, BytesMut};
+use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde::ser::{SerializeMap, SerializeSeq, Serializer};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+/// Limits applied while decoding, so that no request can make Sluice allocate without bound.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeLimits {
+    /// Largest element count of one input tensor.
+    pub max_elements: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits { max_elements: 64 * 1024 * 1024 }
+    }
+}
+
+/// Why a request body could not be decoded. Every variant maps to 400, except `TooLarge` (413).
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("malformed JSON request: {0}")]
+    Json(String),
+    #[error("invalid Inference-Header-Content-Length: {0}")]
+    HeaderLength(String),
+    #[error("input '{name}': unknown datatype '{datatype}' (expected one of BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64, BYTES)")]
+    UnknownDatatype { name: String, datatype: String },
+    #[error("input '{name}': {message}")]
+    Data { name: String, message: String },
+    #[error("input '{name}': {source}")]
+    Tensor { name: String, source: TensorError },
+    #[error("input '{name}': binary_data_size is {size} but only {left} bytes of binary data remain")]
+    BinaryShort { name: String, size: usize, left: usize },
+    #[error("{0} bytes of binary data follow the JSON header but no input claims them")]
+    BinaryLeftover(usize),
+    #[error("input '{name}' has neither 'data' nor 'parameters.binary_data_size'")]
+    NoData { name: String },
+    #[error("input '{name}' has both 'data' and 'parameters.binary_data_size'")]
+    BothData { name: String },
+    #[error("input '{name}': shape {shape:?} holds {count} elements, over the limit of {limit}")]
+    TooLarge { name: String, shape: Vec<usize>, count: usize, limit: usize },
+    #[error("parameter '{name}': {message}")]
+    Parameter { name: String, message: String },
+    #[error("input '{0}' appears more than once")]
+    DuplicateInput(String),
+    #[error("output '{0}' is requested more than once")]
+    DuplicateOutput(String),
+}
+
+#[derive(Deserialize)]
+struct WireRequest<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default, borrow)]
+    parameters: Option<HashMap<String, &'a RawValue>>,
+    #[serde(borrow)]
+    inputs: Vec<WireInput<'a>>,
+    #[serde(default, borrow)]
+    outputs: Option<Vec<WireOutput<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct WireInput<'a> {
+    name: String,
+    shape: Vec<u64>,
+    datatype: String,
+    #[serde(default, borrow)]
+    parameters: Option<HashMap<String, &'a RawValue>>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct WireOutput<'a> {
+    name: String,
+    #[serde(default, borrow)]
+    parameters: Option<HashMap<String, &'a RawValue>>,
+}
+
+fn param<'a, T: Deserialize<'a>>(params: &Option<HashMap<String, &'a RawValue>>, name: &str) -> Result<Option<T>, DecodeError> {
+    match params.as_ref().and_then(|p| p.get(name)) {
+        None => Ok(None),
+        Some(raw) => serde_json::from_str::<Option<T>>(raw.get())
+            .map_err(|e| DecodeError::Parameter { name: name.to_string(), message: format!("{e} (got {})", raw.get()) }),
+    }
+}
+
+/// Splits a request body into its JSON header and binary section, using the `Inference-Header-Content-Length` value.
+pub fn split_body(body: &Bytes, header_length: Option<&str>) -> Result<(Bytes, Bytes), DecodeError> {
+    match header_length {
+        None => Ok((body.clone(), Bytes::new())),
+        Some(text) => {
+            let n: usize = text.trim().parse().map_err(|_| DecodeError::HeaderLength(format!("'{text}' is not a byte count")))?;
+            if n > body.len() {
+                return Err(DecodeError::HeaderLength(format!("{n} is larger than the {}-byte body", body.len())));
+            }
+            Ok((body.slice(..n), body.slice(n..)))
+        }
+    }
+}
+
+/// Decodes a V2 inference request: `json` is the JSON part, `binary` the bytes after it (empty without the extension).
+pub fn decode_request(json: &[u8], binary: Bytes, limits: DecodeLimits) -> Result<InferRequest, DecodeError> {
+    let wire: WireRequest<'_> = serde_json::from_slice(json).map_err(|e| DecodeError::Json(e.to_string()))?;
+
+    let mut params = RequestParams {
+        binary_data_output: param::<bool>(&wire.parameters, "binary_data_output")?.unwrap_or(false),
+        ..RequestParams::default()
+    };
+    if let Some(p) = param::<u32>(&wire.parameters, "priority")? {
+        params.priority = (p > 0).then_some(p);
+    }
+    // `timeout` is in microseconds, as Triton's clients send it.
+    if let Some(us) = param::<u64>(&wire.parameters, "timeout")? {
+        params.timeout = (us > 0).then(|| Duration::from_micros(us));
+    }
+
+    let mut inputs = Vec::with_capacity(wire.inputs.len());
+    let mut binary_at = 0usize;
+    for input in &wire.inputs {
+        if inputs.iter().any(|t: &NamedTensor| t.name == input.name) {
+            return Err(DecodeError::DuplicateInput(input.name.clone()));
+        }
+        let dtype = DataType::from_v2_name(&input.datatype)
+            .ok_or_else(|| DecodeError::UnknownDatatype { name: input.name.clone(), datatype: input.datatype.clone() })?;
+        let shape: Vec<usize> = input
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<Result<_, _>>()
+            .map_err(|_| DecodeError::Data { name: input.name.clone(), message: "a dimension does not fit in memory".into() })?;
+        let count = element_count(&shape).filter(|&c| c <= limits.max_elements).ok_or_else(|| DecodeError::TooLarge {
+            name: input.name.clone(),
+            shape: shape.clone(),
+            count: element_count(&shape).unwrap_or(usize::MAX),
+            limit: limits.max_elements,
+        })?;
+        let binary_size = param::<u64>(&input.parameters, "binary_data_size")
+            .map_err(|e| DecodeError::Data { name: input.name.clone(), message: e.to_string() })?;
+        let bytes = match (input.data, binary_size) {
+            (Some(_), Some(_)) => return Err(DecodeError::BothData { name: input.name.clone() }),
+            (None, None) => return Err(DecodeError::NoData { name: input.name.clone() }),
+            (None, Some(size)) => {
+                let size = usize::try_from(size).unwrap_or(usize::MAX);
+                let left = binary.len() - binary_at;
+                if size > left {
+                    return Err(DecodeError::BinaryShort { name: input.name.clone(), size, left });
+                }
+                let slice = binary.slice(binary_at..binary_at + size);
+                binary_at += size;
+                slice
+            }
+            (Some(raw), None) => decode_data(&input.name, dtype, count, raw)?,
+        };
+        let tensor = Tensor::new(dtype, shape, bytes).map_err(|source| DecodeError::Tensor { name: input.name.clone(), source })?;
+        inputs.push(NamedTensor { name: input.name.clone(), tensor });
+    }
+    if binary_at != binary.len() {
+        return Err(DecodeError::BinaryLeftover(binary.len() - binary_at));
+    }
+
+    let mut outputs: Vec<RequestedOutput> = Vec::new();
+    for out in wire.outputs.iter().flatten() {
+        if outputs.iter().any(|o| o.name == out.name) {
+            return Err(DecodeError::DuplicateOutput(out.name.clone()));
+        }
+        if param::<serde_json::Value>(&out.parameters, "classification")?.is_some() {
+            return Err(DecodeError::Parameter {
+                name: "classification".into(),
+                message: format!("output '{}': the classification extension is not supported", out.name),
+            });
+        }
+        outputs.push(RequestedOutput { name: out.name.clone(), binary_data: param::<bool>(&out.parameters, "binary_data")? });
+    }
+    Ok(InferRequest { id: wire.id, inputs, outputs, params })
+}
+
+/// Parses a JSON `data` value (flat or nested arrays) of `dtype` into V2 tensor bytes.
+fn decode_data(name: &str, dtype: DataType, expected: usize, raw: &RawValue) -> Result<Bytes, DecodeError> {
+    let capacity = dtype.element_size().map(|s| s * expected).unwrap_or(0);
+    let mut sink = DataSink { dtype, expected, count: 0, buf: BytesMut::with_capacity(capacity), error: None };
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let result = (&mut sink).deserialize(&mut de);
+    if let Some(message) = sink.error.take() {
+        return Err(DecodeError::Data { name: name.to_string(), message });
+    }
+    result.map_err(|e| DecodeError::Data { name: name.to_string(), message: format!("bad 'data': {e}") })?;
+    if sink.count != expected {
+        return Err(DecodeError::Data {
+            name: name.to_string(),
+            message: format!("'data' holds {} elements but the shape needs {expected}", sink.count),
+        });
+    }
+    Ok(sink.buf.freeze())
+}
+
+/// Receives JSON scalars in document order and appends them as `dtype` bytes.
+struct DataSink {
+    dtype: DataType,
+    expected: usize,
+    count: usize,
+    buf: BytesMut,
+    /// A precise message for the first problem (serde's own message would be generic).
+    error: Option<String>,
+}
+
+impl DataSink {
+    fn fail<E: serde::de::Error>(&mut self, message: String) -> E {
+        let err = E::custom(&message);
+        self.error.get_or_insert(message);
+        err
+    }
+
+    fn admit<E: serde::de::Error>(&mut self) -> Result<(), E> {
+        self.count += 1;
+        if self.count > self.expected {
+            return Err(self.fail(format!("'data' holds more elements than the shape's {}", self.expected)));
+        }
+        Ok(())
+    }
+
+    fn push_int<E: serde::de::Error>(&mut self, v: i128) -> Result<(), E> {
+        self.admit()?;
+        macro_rules! int {
+            ($t:ty) => {{
+                let x = <$t>::try_from(v).map_err(|_| self.fail(format!("value {v} is out of range for {}", self.dtype)))?;
+                self.buf.extend_from_slice(&x.to_le_bytes());
+            }};
+        }
+        match self.dtype {
+            DataType::U8 => int!(u8),
+            DataType::U16 => int!(u16),
+            DataType::U32 => int!(u32),
+            DataType::U64 => int!(u64),
+            DataType::I8 => int!(i8),
+            DataType::I16 => int!(i16),
+            DataType::I32 => int!(i32),
+            DataType::I64 => int!(i64),
+            DataType::F16 => self.buf.extend_from_slice(&half::f16::from_f64(v as f64).to_le_bytes()),
+            DataType::F32 => self.buf.extend_from_slice(&(v as f32).to_le_bytes()),
+            DataType::F64 => self.buf.extend_from_slice(&(v as f64).to_le_bytes()),
+            DataType::Bool => return Err(self.fail(format!("BOOL data must be true or false, got {v}"))),
+            DataType::Bytes => return Err(self.fail(format!("BYTES data must be strings, got {v}"))),
+        }
+        Ok(())
+    }
+
+    fn push_float<E: serde::de::Error>(&mut self, v: f64) -> Result<(), E> {
+        match self.dtype {
+            DataType::F16 => self.buf.extend_from_slice(&half::f16::from_f64(v).to_le_bytes()),
+            DataType::F32 => self.buf.extend_from_slice(&(v as f32).to_le_bytes()),
+            DataType::F64 => self.buf.extend_from_slice(&v.to_le_bytes()),
+            other => return Err(self.fail(format!("{other} data must be whole numbers, got {v}"))),
+        }
+        self.admit()
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for &mut DataSink {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for &mut DataSink {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an array of {} values", self.dtype)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(&mut *self)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        if self.dtype != DataType::Bool {
+            return Err(self.fail(format!("{} data cannot hold the boolean {v}", self.dtype)));
+        }
+        self.admit()?;
+        self.buf.extend_from_slice(&[v as u8]);
+        Ok(())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.push_int(v as i128)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.push_int(v as i128)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.push_float(v)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        if self.dtype != DataType::Bytes {
+            return Err(self.fail(format!("{} data cannot hold the string \"{}\"", self.dtype, v.chars().take(32).collect::<String>())));
+        }
+        self.admit()?;
+        append_byte_string(&mut self.buf, v.as_bytes()).map_err(|e| self.fail(e.to_string()))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Err(self.fail(format!("null is not a {} value", self.dtype)))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
+        Err(self.fail(format!("an object is not a {} value", self.dtype)))
+    }
+}
+
+/// How each output of a response is to be sent.
+pub struct EncodeChoice {
+    /// One flag per output of the response, in order: true = binary extension.
+    pub binary: Vec<bool>,
+}
+
+impl EncodeChoice {
+    /// Resolves per-output `binary_data` against the request-level `binary_data_output` default.
+    pub fn for_request(request_outputs: &[RequestedOutput], params: &RequestParams, response: &InferResponse) -> EncodeChoice {
+        let binary = response
+            .outputs
+            .iter()
+            .map(|out| {
+                request_outputs
+                    .iter()
+                    .find(|r| r.name == out.name)
+                    .and_then(|r| r.binary_data)
+                    .unwrap_or(params.binary_data_output)
+            })
+            .collect();
+        EncodeChoice { binary }
+    }
+}
+
+/// An encoded response body: the JSON header length is `Some` when binary data follows it.
+pub struct EncodedResponse {
+    pub body: Bytes,
+    pub json_header_length: Option<usize>,
+}
+
+/// Encodes a response as V2 JSON, appending binary outputs after the JSON when `choice` asks for them.
+pub fn encode_response(response: &InferResponse, choice: &EncodeChoice) -> Result<EncodedResponse, serde_json::Error> {
+    let mut json = Vec::with_capacity(256 + response.outputs.iter().map(|o| o.tensor.data().len() * 3).sum::<usize>());
+    serde_json::to_writer(&mut json, &WireResponse { response, choice })?;
+    let any_binary = choice.binary.iter().any(|&b| b);
+    if !any_binary {
+        return Ok(EncodedResponse { body: Bytes::from(json), json_header_length: None });
+    }
+    let header_len = json.len();
+    for (out, _) in response.outputs.iter().zip(&choice.binary).filter(|(_, &b)| b) {
+        json.extend_from_slice(out.tensor.data());
+    }
+    Ok(EncodedResponse { body: Bytes::from(json), json_header_length: Some(header_len) })
+}
+
+struct WireResponse<'a> {
+    response: &'a InferResponse,
+    choice: &'a EncodeChoice,
+}
+
+impl Serialize for WireResponse<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.response;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("model_name", &r.model_name)?;
+        map.serialize_entry("model_version", &r.model_version)?;
+        if let Some(id) = &r.id {
+            map.serialize_entry("id", id)?;
+        }
+        let outputs: Vec<WireOutputTensor<'_>> =
+            r.outputs.iter().zip(&self.choice.binary).map(|(t, &binary)| WireOutputTensor { t, binary }).collect();
+        map.serialize_entry("outputs", &outputs)?;
+        map.end()
+    }
+}
+
+struct WireOutputTensor<'a> {
+    t: &'a NamedTensor,
+    binary: bool,
+}
+
+impl Serialize for WireOutputTensor<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let tensor = &self.t.tensor;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("name", &self.t.name)?;
+        map.serialize_entry("datatype", tensor.dtype().v2_name())?;
+        map.serialize_entry("shape", tensor.shape())?;
+        if self.binary {
+            map.serialize_entry("parameters", &serde_json::json!({ "binary_data_size": tensor.data().len() }))?;
+        } else {
+            map.serialize_entry("data", &TensorData(tensor))?;
+        }
+        map.end()
+    }
+}
+
+/// Serializes a tensor's elements as a flat JSON array.
+pub struct TensorData<'a>(pub &'a Tensor);
+
+impl Serialize for TensorData<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = self.0;
+        let data = t.data();
+        let mut seq = s.serialize_seq(Some(t.element_count()))?;
+        macro_rules! each {
+            ($t:ty, $n:expr, $map:expr) => {
+                for chunk in data.chunks_exact($n) {
+                    let v = <$t>::from_le_bytes(chunk.try_into().map_err(serde::ser::Error::custom)?);
+                    seq.serialize_element(&$map(v))?;
+                }
+            };
+        }
+        match t.dtype() {
+            DataType::Bool => {
+                for &b in data.iter() {
+                    seq.serialize_element(&(b != 0))?;
+                }
+            }
+            DataType::U8 => each!(u8, 1, |v| v),
+            DataType::U16 => each!(u16, 2, |v| v),
+            DataType::U32 => each!(u32, 4, |v| v),
+            DataType::U64 => each!(u64, 8, |v| v),
+            DataType::I8 => each!(i8, 1, |v| v),
+            DataType::I16 => each!(i16, 2, |v| v),
+            DataType::I32 => each!(i32, 4, |v| v),
+            DataType::I64 => each!(i64, 8, |v| v),
+            DataType::F16 => each!(u16, 2, |v| half::f16::from_bits(v).to_f32()),
+            DataType::F32 => each!(f32, 4, |v| v),
+            DataType::F64 => each!(f64, 8, |v| v),
+            DataType::Bytes => {
+                for item in t.byte_strings().map_err(serde::ser::Error::custom)? {
+                    seq.serialize_element(&String::from_utf8_lossy(item))?;
+                }
+            }
+        }
+        seq.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(json: &str) -> Result<InferRequest, DecodeError> {
+        decode_request(json.as_bytes(), Bytes::new(), DecodeLimits::default())
+    }
+
+    #[test]
+    fn nested_and_flat_data_decode_alike() {
+        let flat = decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"INT32","data":[1,2,3,4]}]}"#).unwrap();
+        let nested = decode(r#"{"inputs":[{"name":"x","datatype":"INT32","data":[[1,2],[3,4]],"shape":[2,2]}]}"#).unwrap();
+        assert_eq!(flat.inputs, nested.inputs);
+    }
+
+    #[test]
+    fn range_and_type_errors_name_the_problem() {
+        let err = decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT8","data":[300]}]}"#).unwrap_err();
+        assert!(err.to_string().contains("300 is out of range for INT8"), "{err}");
+        let err = decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT32","data":[1.5]}]}"#).unwrap_err();
+        assert!(err.to_string().contains("whole numbers"), "{err}");
+        let err = decode(r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#).unwrap_err();
+        assert!(err.to_string().contains("holds 2 elements but the shape needs 3"), "{err}");
+    }
+
+    #[test]
+    fn binary_extension_takes_bytes_in_order() {
+        let json = r#"{"inputs":[{"name":"a","shape":[2],"datatype":"INT16","parameters":{"binary_data_size":4}},
+                                {"name":"b","shape":[1],"datatype":"UINT8","parameters":{"binary_data_size":1}}]}"#;
+        let req = decode_request(json.as_bytes(), Bytes::from_static(&[1, 0, 2, 0, 9]), DecodeLimits::default()).unwrap();
+        assert_eq!(req.inputs[0].tensor.data().as_ref(), &[1, 0, 2, 0]);
+        assert_eq!(req.inputs[1].tensor.data().as_ref(), &[9]);
+        let err = decode_request(json.as_bytes(), Bytes::from_static(&[1, 0, 2, 0, 9, 9]), DecodeLimits::default()).unwrap_err();
+        assert!(matches!(err, DecodeError::BinaryLeftover(1)));
+    }
+}

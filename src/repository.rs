@@ -1,0 +1,188 @@
+//! The model repository on disk: `models/<name>/<version>/model.onnx` plus an optional `models/<name>/model.toml`.
+//! Loading a version reads its signature from the ONNX file, resolves its settings and starts its scheduler.
+//! The highest version of a model serves by default; the others are reachable by URL.
+
+use crate::backend::{onnx, BackendError, ModelSignature};
+use crate::config::{ConfigError, ModelDefaults, ModelFile, ModelSettings};
+use crate::scheduler::Scheduler;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError {
+    #[error("cannot read the model repository {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("model directory {0} holds no numbered version directory with a model.onnx")]
+    NoVersions(PathBuf),
+}
+
+/// Why a model could not be found for a request.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("unknown model '{0}'")]
+    UnknownModel(String),
+    #[error("model '{model}' has no version {version} (available: {available})")]
+    UnknownVersion { model: String, version: String, available: String },
+    #[error("'{0}' is not a model version (versions are positive integers)")]
+    BadVersion(String),
+    #[error("model '{0}' is not ready")]
+    NotReady(String),
+}
+
+/// One loaded, serving model version.
+pub struct ModelVersion {
+    pub name: String,
+    pub version: u64,
+    pub signature: ModelSignature,
+    pub platform: &'static str,
+    pub execution_provider: String,
+    pub settings: ModelSettings,
+    pub scheduler: Scheduler,
+    ready: AtomicBool,
+}
+
+impl ModelVersion {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn version_string(&self) -> String {
+        self.version.to_string()
+    }
+}
+
+/// All models and versions that loaded.
+pub struct Repository {
+    root: PathBuf,
+    models: BTreeMap<String, BTreeMap<u64, Arc<ModelVersion>>>,
+}
+
+/// The numbered version directories of a model directory that hold a `model.onnx`, lowest first.
+fn versions_on_disk(dir: &Path) -> Result<Vec<(u64, PathBuf)>, RepositoryError> {
+    let read = std::fs::read_dir(dir).map_err(|source| RepositoryError::Read { path: dir.into(), source })?;
+    let mut versions = Vec::new();
+    for entry in read.flatten() {
+        let name = entry.file_name();
+        let Some(version) = name.to_str().and_then(|n| n.parse::<u64>().ok()).filter(|&v| v > 0) else { continue };
+        let file = entry.path().join("model.onnx");
+        if file.is_file() {
+            versions.push((version, file));
+        }
+    }
+    versions.sort();
+    Ok(versions)
+}
+
+impl Repository {
+    /// Loads every model under `root`. Must run inside a Tokio runtime (each version starts its scheduler).
+    /// Any model that fails to load fails the whole start, with a message naming the file and the problem.
+    pub fn load(root: &Path, defaults: &ModelDefaults) -> Result<Repository, RepositoryError> {
+        let read = std::fs::read_dir(root).map_err(|source| RepositoryError::Read { path: root.into(), source })?;
+        let mut dirs: Vec<PathBuf> = read.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+        dirs.sort();
+        let mut models = BTreeMap::new();
+        for dir in dirs {
+            let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+            if name.starts_with('.') || name == "__pycache__" {
+                continue;
+            }
+            let versions = versions_on_disk(&dir)?;
+            if versions.is_empty() {
+                tracing::warn!(dir = %dir.display(), "skipping a directory with no numbered version holding a model.onnx");
+                continue;
+            }
+            let toml_path = dir.join("model.toml");
+            let file = ModelFile::load(&toml_path)?;
+            let mut loaded = BTreeMap::new();
+            for (version, path) in versions {
+                let model = load_version(&name, version, &path, &file, defaults, &toml_path)?;
+                loaded.insert(version, Arc::new(model));
+            }
+            models.insert(name, loaded);
+        }
+        if models.is_empty() {
+            tracing::warn!(root = %root.display(), "the model repository holds no model");
+        }
+        Ok(Repository { root: root.into(), models })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Finds a model version: `None` means the highest.
+    pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<ModelVersion>, LookupError> {
+        let versions = self.models.get(name).ok_or_else(|| LookupError::UnknownModel(name.to_string()))?;
+        let model = match version.filter(|v| !v.is_empty()) {
+            None => versions.values().next_back(),
+            Some(text) => {
+                let v: u64 = text.parse().ok().filter(|&v| v > 0).ok_or_else(|| LookupError::BadVersion(text.to_string()))?;
+                Some(versions.get(&v).ok_or_else(|| LookupError::UnknownVersion {
+                    model: name.to_string(),
+                    version: text.to_string(),
+                    available: versions.keys().map(u64::to_string).collect::<Vec<_>>().join(", "),
+                })?)
+            }
+        };
+        model.cloned().ok_or_else(|| LookupError::UnknownModel(name.to_string()))
+    }
+
+    /// Every loaded version, by name then version.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<ModelVersion>> {
+        self.models.values().flat_map(|v| v.values())
+    }
+
+    /// Ready when every loaded version is ready.
+    pub fn is_ready(&self) -> bool {
+        self.all().all(|m| m.is_ready())
+    }
+
+    /// Stops admitting new requests to every model; queued ones still run.
+    pub fn close(&self) {
+        for m in self.all() {
+            m.scheduler.close();
+        }
+    }
+}
+
+fn load_version(
+    name: &str,
+    version: u64,
+    path: &Path,
+    file: &ModelFile,
+    defaults: &ModelDefaults,
+    toml_path: &Path,
+) -> Result<ModelVersion, RepositoryError> {
+    let started = std::time::Instant::now();
+    let (backend, settings) = onnx::load(path, |signature| {
+        file.resolve(defaults, signature.can_batch(), toml_path)
+            .map_err(|e| BackendError::Load { path: path.display().to_string(), message: e.to_string() })
+    })?;
+    let label = format!("{name}:{version}");
+    let scheduler = Scheduler::start(label, &backend.signature, settings.clone(), backend.instances);
+    tracing::info!(
+        model = name,
+        version,
+        provider = %backend.execution_provider,
+        max_batch_size = settings.max_batch_size,
+        instances = settings.instances,
+        load_ms = started.elapsed().as_millis() as u64,
+        "model loaded"
+    );
+    Ok(ModelVersion {
+        name: name.to_string(),
+        version,
+        signature: backend.signature,
+        platform: backend.platform,
+        execution_provider: backend.execution_provider,
+        settings,
+        scheduler,
+        ready: AtomicBool::new(true),
+    })
+}

@@ -1,0 +1,43 @@
+//! The batching loop of one model: wait for an idle instance, then for a batch worth running, then hand it over.
+//!
+//! Taking the instance permit first is what makes the loop work-conserving: while every instance is busy, requests keep
+//! queueing, and the moment one frees up whatever has queued becomes the next batch (or waits out `max_queue_delay`
+//! when the model asks for fuller batches).
+
+use super::queue::{Formed, Queue};
+use super::worker::BatchJob;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Semaphore;
+
+pub async fn run(queue: Arc<Queue>, permits: Arc<Semaphore>, jobs: crossbeam_channel::Sender<BatchJob>) {
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let entries = loop {
+            match queue.form(Instant::now()) {
+                Formed::Batch(entries) => break Some(entries),
+                Formed::Empty if queue.is_closed() => break None,
+                Formed::Empty => queue.notify.notified().await,
+                Formed::WaitUntil(at) => {
+                    tokio::select! {
+                        _ = queue.notify.notified() => {}
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                    }
+                }
+            }
+        };
+        let Some(entries) = entries else { break };
+        // The channel holds as many jobs as there are instances and we hold a permit, so this never blocks for long.
+        let job = BatchJob { entries, formed: Instant::now(), _permit: permit };
+        if let Err(crossbeam_channel::SendError(job)) = jobs.send(job) {
+            // Every instance thread is gone: answer instead of losing the batch.
+            for e in job.entries {
+                let _ = e.reply.send(Err(super::ScheduleError::Backend(format!("model '{}' has no running instance", queue.model()))));
+            }
+            break;
+        }
+    }
+    queue.fail_all();
+}

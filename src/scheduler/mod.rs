@@ -1,0 +1,148 @@
+//! Per-model scheduling: a bounded priority queue, the dynamic batcher that groups queued requests along dim 0, and the
+//! instance threads that run batches. This is the only place that groups requests.
+//!
+//! The path of one request: [`Scheduler::infer`] admits it into the queue (or rejects it at once when the queue is full),
+//! the batcher task forms a batch as soon as an instance is idle (waiting up to `max_queue_delay` for a fuller one when the
+//! model asks for it), an instance thread runs the batch and splits the outputs back, and each caller gets exactly one answer.
+
+mod batcher;
+mod queue;
+pub mod stats;
+mod worker;
+
+use crate::backend::{BackendInstance, ModelSignature};
+use crate::config::ModelSettings;
+use crate::tensor::Tensor;
+use queue::{Admission, Entry, Queue, Ticket};
+use stats::ModelStats;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Why a request did not get outputs from the scheduler.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ScheduleError {
+    #[error("model '{model}' is overloaded: its queue holds {requests} requests / {rows} rows (limits {max_requests} / {max_rows}); retry later")]
+    QueueFull { model: String, requests: usize, rows: usize, max_requests: usize, max_rows: usize, retry_after: Duration },
+    #[error("request waited {waited_ms} ms in the queue of model '{model}', over its timeout of {timeout_ms} ms, and was not run")]
+    TimedOut { model: String, waited_ms: u64, timeout_ms: u64 },
+    #[error("model '{0}' is shutting down")]
+    ShuttingDown(String),
+    #[error("{rows} rows is over model '{model}' max_batch_size of {max}")]
+    TooManyRows { model: String, rows: usize, max: usize },
+    #[error("priority {given} is not a level of model '{model}' (1 = highest .. {levels})")]
+    BadPriority { model: String, given: u32, levels: u32 },
+    #[error("{0}")]
+    Backend(String),
+    #[error("the request was lost by the scheduler (internal error)")]
+    Lost,
+}
+
+/// What one request asks of the scheduler.
+pub struct Job {
+    /// Inputs in the model's order (see [`ModelSignature::validate`]).
+    pub inputs: Vec<Tensor>,
+    pub rows: usize,
+    /// 1 = highest; `None` = the model's default level.
+    pub priority: Option<u32>,
+    /// Queue timeout requested by the client; only lowers the model's own.
+    pub timeout: Option<Duration>,
+}
+
+/// The scheduler of one model version. Cheap to share; dropping the last handle stops its batcher and threads.
+pub struct Scheduler {
+    queue: Arc<Queue>,
+    stats: Arc<ModelStats>,
+}
+
+impl Scheduler {
+    /// Starts the batcher task (on the current Tokio runtime) and one thread per instance.
+    pub fn start(
+        model: String,
+        signature: &ModelSignature,
+        settings: ModelSettings,
+        instances: Vec<Box<dyn BackendInstance>>,
+    ) -> Scheduler {
+        let stats = Arc::new(ModelStats::default());
+        let queue = Arc::new(Queue::new(model.clone(), settings.clone()));
+        let (job_tx, job_rx) = crossbeam_channel::bounded::<worker::BatchJob>(instances.len());
+        let permits = Arc::new(tokio::sync::Semaphore::new(instances.len()));
+        for (index, instance) in instances.into_iter().enumerate() {
+            worker::spawn(format!("{model}#{index}"), instance, job_rx.clone(), stats.clone(), signature.outputs.len());
+        }
+        tokio::spawn(batcher::run(queue.clone(), permits, job_tx));
+        Scheduler { queue, stats }
+    }
+
+    pub fn stats(&self) -> &ModelStats {
+        &self.stats
+    }
+
+    pub fn settings(&self) -> &ModelSettings {
+        self.queue.settings()
+    }
+
+    /// Requests and rows waiting now.
+    pub fn depth(&self) -> (usize, usize) {
+        self.queue.depth()
+    }
+
+    /// Stops admitting; what is queued still runs. Idempotent.
+    pub fn close(&self) {
+        self.queue.close();
+    }
+
+    /// Queues one request and waits for its outputs (all of the model's outputs, in signature order).
+    /// Dropping the returned future before it finishes withdraws the request if it has not started running.
+    pub async fn infer(&self, job: Job) -> Result<Vec<Tensor>, ScheduleError> {
+        let settings = self.queue.settings();
+        let model = self.queue.model();
+        if settings.max_batch_size > 0 && job.rows > settings.max_batch_size {
+            return Err(ScheduleError::TooManyRows { model: model.into(), rows: job.rows, max: settings.max_batch_size });
+        }
+        let level = match job.priority {
+            None | Some(0) => settings.default_priority,
+            Some(p) if p <= settings.priority_levels => p,
+            Some(p) => return Err(ScheduleError::BadPriority { model: model.into(), given: p, levels: settings.priority_levels }),
+        };
+        let timeout = job.timeout.map_or(settings.queue_timeout, |t| t.min(settings.queue_timeout));
+        let now = Instant::now();
+        let deadline = now + timeout;
+        let (reply, mut answer) = oneshot::channel();
+        let ticket = Ticket::new();
+        let entry = Entry { inputs: job.inputs, rows: job.rows, enqueued: now, deadline, ticket: ticket.clone(), reply };
+        match self.queue.admit(entry, level) {
+            Admission::Queued => {}
+            Admission::Rejected(err) => {
+                self.stats.record_rejection();
+                return Err(err);
+            }
+        }
+        // Withdraws the request if this future is dropped while it is still queued.
+        let guard = queue::WithdrawOnDrop { queue: &self.queue, ticket: &ticket, rows: job.rows };
+        let outcome = match tokio::time::timeout_at(deadline.into(), &mut answer).await {
+            Ok(received) => received.unwrap_or(Err(ScheduleError::Lost)),
+            Err(_elapsed) => {
+                if self.queue.withdraw(&ticket, job.rows) {
+                    self.stats.record_timeout();
+                    Err(ScheduleError::TimedOut {
+                        model: model.into(),
+                        waited_ms: now.elapsed().as_millis() as u64,
+                        timeout_ms: timeout.as_millis() as u64,
+                    })
+                } else {
+                    // Already running (or just expired by the batcher): its answer is on the way.
+                    answer.await.unwrap_or(Err(ScheduleError::Lost))
+                }
+            }
+        };
+        guard.disarm();
+        outcome
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}

@@ -1,0 +1,267 @@
+//! The bounded, per-model priority queue. Admission happens under one short lock so the bound is exact; the request and row
+//! counters are atomics so that `/metrics` and the batcher read them without locking.
+//!
+//! Every entry carries a [`Ticket`] whose state moves out of `QUEUED` exactly once: to `TAKEN` (the batcher put it in a
+//! batch) or `WITHDRAWN` (its caller timed out or went away). Whoever
+//! makes that move also updates the counters, so a request is counted out exactly once whichever side sees it first.
+
+use super::ScheduleError;
+use crate::config::ModelSettings;
+use crate::tensor::Tensor;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify};
+
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+/// Shared between a queued entry and the caller waiting for it.
+#[derive(Clone, Default)]
+pub struct Ticket(Arc<AtomicU8>);
+
+impl Ticket {
+    pub fn new() -> Ticket {
+        Ticket(Arc::new(AtomicU8::new(QUEUED)))
+    }
+    fn leave(&self, to: u8) -> bool {
+        self.0.compare_exchange(QUEUED, to, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+    fn is_queued(&self) -> bool {
+        self.0.load(Ordering::Acquire) == QUEUED
+    }
+}
+
+pub type Reply = oneshot::Sender<Result<Vec<Tensor>, ScheduleError>>;
+
+/// One waiting request.
+pub struct Entry {
+    pub inputs: Vec<Tensor>,
+    pub rows: usize,
+    pub enqueued: Instant,
+    pub deadline: Instant,
+    pub ticket: Ticket,
+    pub reply: Reply,
+}
+
+impl Entry {
+    /// Requests can share a batch only when every input agrees on the dims after the first.
+    pub fn same_shape_as(&self, other: &Entry) -> bool {
+        self.inputs.len() == other.inputs.len()
+            && self.inputs.iter().zip(&other.inputs).all(|(a, b)| a.shape().get(1..) == b.shape().get(1..))
+    }
+}
+
+pub enum Admission {
+    Queued,
+    Rejected(ScheduleError),
+}
+
+/// What the batcher may do now.
+pub enum Formed {
+    /// Run these entries together (already counted out of the queue).
+    Batch(Vec<Entry>),
+    /// Nothing is waiting.
+    Empty,
+    /// Requests wait for a fuller batch until this instant (or until more arrive).
+    WaitUntil(Instant),
+}
+
+pub struct Queue {
+    model: String,
+    settings: ModelSettings,
+    /// One FIFO per priority level; index 0 is level 1, the highest.
+    levels: Mutex<Vec<VecDeque<Entry>>>,
+    requests: AtomicUsize,
+    rows: AtomicUsize,
+    closed: AtomicBool,
+    pub(super) notify: Notify,
+}
+
+impl Queue {
+    pub fn new(model: String, settings: ModelSettings) -> Queue {
+        let levels = (0..settings.priority_levels).map(|_| VecDeque::new()).collect();
+        Queue {
+            model,
+            settings,
+            levels: Mutex::new(levels),
+            requests: AtomicUsize::new(0),
+            rows: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            notify: Notify::new(),
+        }
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    pub fn settings(&self) -> &ModelSettings {
+        &self.settings
+    }
+
+    pub fn depth(&self) -> (usize, usize) {
+        (self.requests.load(Ordering::Acquire), self.rows.load(Ordering::Acquire))
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Admits an entry at `level` (1-based), or rejects it at once when the queue is full or closed.
+    pub fn admit(&self, entry: Entry, level: u32) -> Admission {
+        let mut levels = self.levels.lock();
+        if self.is_closed() {
+            return Admission::Rejected(ScheduleError::ShuttingDown(self.model.clone()));
+        }
+        let (requests, rows) = self.depth();
+        if requests + 1 > self.settings.queue_capacity || rows + entry.rows > self.settings.queue_max_rows {
+            return Admission::Rejected(ScheduleError::QueueFull {
+                model: self.model.clone(),
+                requests,
+                rows,
+                max_requests: self.settings.queue_capacity,
+                max_rows: self.settings.queue_max_rows,
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        // Withdrawn entries stay in place until the batcher passes; sweep them if they pile up behind busy instances.
+        let physical: usize = levels.iter().map(VecDeque::len).sum();
+        if physical >= 2 * self.settings.queue_capacity {
+            for level in levels.iter_mut() {
+                level.retain(|e| e.ticket.is_queued());
+            }
+        }
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        self.rows.fetch_add(entry.rows, Ordering::AcqRel);
+        let last = levels.len() - 1;
+        let index = ((level.max(1) - 1) as usize).min(last);
+        levels[index].push_back(entry);
+        drop(levels);
+        self.notify.notify_one();
+        Admission::Queued
+    }
+
+    fn count_out(&self, rows: usize) {
+        self.requests.fetch_sub(1, Ordering::AcqRel);
+        self.rows.fetch_sub(rows, Ordering::AcqRel);
+    }
+
+    /// Takes a still-queued request out (its caller timed out or left). False if the batcher got to it first.
+    pub fn withdraw(&self, ticket: &Ticket, rows: usize) -> bool {
+        if ticket.leave(WITHDRAWN) {
+            self.count_out(rows);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Forms the next batch for an idle instance, following the model's batching settings.
+    pub fn form(&self, now: Instant) -> Formed {
+        let s = &self.settings;
+        let mut levels = self.levels.lock();
+        // Withdrawn entries go now. Expired ones stay until their caller's timer withdraws them (and answers 504):
+        // they are skipped here, so nothing past its deadline ever runs.
+        for level in levels.iter_mut() {
+            level.retain(|e| e.ticket.is_queued());
+        }
+        let live = |e: &Entry| e.deadline > now;
+        let Some(head) = levels.iter().flat_map(|l| l.iter()).find(|e| live(e)) else {
+            return Formed::Empty;
+        };
+        if s.max_batch_size == 0 {
+            for level in levels.iter_mut() {
+                if let Some(at) = level.iter().position(|e| live(e)) {
+                    if let Some(e) = level.remove(at) {
+                        if e.ticket.leave(TAKEN) {
+                            self.count_out(e.rows);
+                            return Formed::Batch(vec![e]);
+                        }
+                    }
+                }
+            }
+            return Formed::Empty;
+        }
+        // Rows available for a batch shaped like the head, taken in priority order, never splitting a request.
+        let mut available = 0usize;
+        let mut oldest = head.enqueued;
+        for e in levels.iter().flat_map(|l| l.iter()).filter(|e| live(e)) {
+            oldest = oldest.min(e.enqueued);
+            if e.same_shape_as(head) && available + e.rows <= s.max_batch_size {
+                available += e.rows;
+            }
+        }
+        let preferred = s.preferred_batch_sizes.iter().copied().filter(|&p| p <= available).max();
+        let full = available >= s.max_batch_size;
+        if !full && preferred.is_none() && !s.max_queue_delay.is_zero() && !self.is_closed() {
+            let until = oldest + s.max_queue_delay;
+            if now < until {
+                return Formed::WaitUntil(until);
+            }
+        }
+        let target = if full { s.max_batch_size } else { preferred.unwrap_or(s.max_batch_size) };
+        let head_inputs: Vec<Vec<usize>> = head.inputs.iter().map(|t| t.shape().get(1..).unwrap_or(&[]).to_vec()).collect();
+        let fits = |e: &Entry| e.inputs.iter().zip(&head_inputs).all(|(t, dims)| t.shape().get(1..).unwrap_or(&[]) == dims.as_slice());
+        let mut batch = Vec::new();
+        let mut rows = 0usize;
+        for level in levels.iter_mut() {
+            let mut kept = VecDeque::with_capacity(level.len());
+            for e in level.drain(..) {
+                if rows + e.rows <= target && live(&e) && fits(&e) && e.ticket.leave(TAKEN) {
+                    rows += e.rows;
+                    self.count_out(e.rows);
+                    batch.push(e);
+                } else if e.ticket.is_queued() {
+                    kept.push_back(e);
+                }
+            }
+            *level = kept;
+        }
+        if batch.is_empty() {
+            Formed::Empty
+        } else {
+            Formed::Batch(batch)
+        }
+    }
+
+    /// Answers every entry still queued with `ShuttingDown` (used when the batcher stops for good).
+    pub fn fail_all(&self) {
+        let mut levels = self.levels.lock();
+        for level in levels.iter_mut() {
+            for e in level.drain(..) {
+                if e.ticket.leave(WITHDRAWN) {
+                    self.count_out(e.rows);
+                    let _ = e.reply.send(Err(ScheduleError::ShuttingDown(self.model.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Withdraws a request whose caller stopped waiting (its future was dropped) while it was still queued.
+pub struct WithdrawOnDrop<'a> {
+    pub queue: &'a Queue,
+    pub ticket: &'a Ticket,
+    pub rows: usize,
+}
+
+impl WithdrawOnDrop<'_> {
+    pub fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for WithdrawOnDrop<'_> {
+    fn drop(&mut self) {
+        self.queue.withdraw(self.ticket, self.rows);
+    }
+}

@@ -1,0 +1,91 @@
+//! Instance threads: each owns one backend instance and runs the batches the batcher hands it, off the async runtime.
+
+use super::queue::Entry;
+use super::stats::ModelStats;
+use super::ScheduleError;
+use crate::backend::BackendInstance;
+use crate::tensor::Tensor;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::OwnedSemaphorePermit;
+
+pub struct BatchJob {
+    pub entries: Vec<Entry>,
+    pub formed: Instant,
+    /// Released when the batch is done, which lets the batcher form the next one.
+    pub _permit: OwnedSemaphorePermit,
+}
+
+pub fn spawn(
+    name: String,
+    mut instance: Box<dyn BackendInstance>,
+    jobs: crossbeam_channel::Receiver<BatchJob>,
+    stats: Arc<ModelStats>,
+    output_count: usize,
+) {
+    let spawned = std::thread::Builder::new().name(format!("sluice-{name}")).spawn(move || {
+        while let Ok(job) = jobs.recv() {
+            run_batch(instance.as_mut(), job, &stats, output_count);
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(instance = %name, error = %e, "cannot start an instance thread");
+    }
+}
+
+fn run_batch(instance: &mut dyn BackendInstance, job: BatchJob, stats: &ModelStats, output_count: usize) {
+    let BatchJob { entries, formed, _permit } = job;
+    let rows: Vec<usize> = entries.iter().map(|e| e.rows).collect();
+    let total_rows: usize = rows.iter().sum();
+    let queue_ns: u64 = entries.iter().map(|e| formed.saturating_duration_since(e.enqueued).as_nanos() as u64).sum();
+    let started = Instant::now();
+    let result = execute(instance, &entries, &rows, output_count);
+    let compute = started.elapsed();
+    stats.record_batch(entries.len(), total_rows, queue_ns, compute, result.is_ok());
+    match result {
+        Ok(per_request) => {
+            for (entry, outputs) in entries.into_iter().zip(per_request) {
+                let _ = entry.reply.send(Ok(outputs));
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, batch = entries.len(), "batch failed");
+            for entry in entries {
+                let _ = entry.reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+/// Joins the inputs, runs them, checks the outputs and splits them back per request.
+fn execute(
+    instance: &mut dyn BackendInstance,
+    entries: &[Entry],
+    rows: &[usize],
+    output_count: usize,
+) -> Result<Vec<Vec<Tensor>>, ScheduleError> {
+    let backend_err = |m: String| ScheduleError::Backend(m);
+    let input_count = entries.first().map_or(0, |e| e.inputs.len());
+    let inputs: Vec<Tensor> = (0..input_count)
+        .map(|i| Tensor::concat(&entries.iter().map(|e| &e.inputs[i]).collect::<Vec<_>>()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| backend_err(format!("cannot form batch: {e}")))?;
+    let outputs = catch_unwind(AssertUnwindSafe(|| instance.infer(&inputs)))
+        .map_err(|_| backend_err("the backend panicked while running the batch".into()))?
+        .map_err(|e| backend_err(e.to_string()))?;
+    if outputs.len() != output_count {
+        return Err(backend_err(format!("the backend returned {} outputs, expected {output_count}", outputs.len())));
+    }
+    if entries.len() == 1 {
+        return Ok(vec![outputs]);
+    }
+    let mut per_request: Vec<Vec<Tensor>> = (0..entries.len()).map(|_| Vec::with_capacity(outputs.len())).collect();
+    for output in &outputs {
+        let pieces = output.split(rows).map_err(|e| backend_err(format!("cannot split the batch's outputs: {e}")))?;
+        for (slot, piece) in per_request.iter_mut().zip(pieces) {
+            slot.push(piece);
+        }
+    }
+    Ok(per_request)
+}

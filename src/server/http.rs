@@ -1,0 +1,231 @@
+//! The KServe V2 HTTP routes. Handlers decode, look the model up, validate, hand the request to the model's scheduler and
+//! encode the answer; every failure becomes an [`ApiError`] with a V2 error body.
+
+use super::{metadata, AppState};
+use crate::protocol::json::{decode_request, encode_response, split_body, EncodeChoice};
+use crate::protocol::{ApiError, InferResponse, NamedTensor};
+use crate::repository::ModelVersion;
+use crate::scheduler::Job;
+use crate::tensor::Tensor;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tracing::Instrument;
+
+/// The binary tensor data extension's header: length of the JSON part of a body.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+type Shared = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata_v))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_v))
+        .route("/v2/models/{model}/config", get(model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(model_config_v))
+        .route("/v2/models/{model}/stats", get(model_stats))
+        .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_v))
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {}", uri.path()))
+}
+
+async fn server_metadata() -> Json<serde_json::Value> {
+    Json(metadata::server())
+}
+
+async fn live() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn ready(State(state): Shared) -> StatusCode {
+    if state.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+fn lookup(state: &AppState, model: &str, version: Option<&str>) -> Result<Arc<ModelVersion>, ApiError> {
+    Ok(state.repository.get(model, version)?)
+}
+
+fn versions_of(state: &AppState, model: &str) -> Vec<String> {
+    state.repository.all().filter(|m| m.name == model).map(|m| m.version_string()).collect()
+}
+
+async fn model_metadata(State(state): Shared, Path(model): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = lookup(&state, &model, None)?;
+    Ok(Json(metadata::model(&m, versions_of(&state, &model))))
+}
+
+async fn model_metadata_v(State(state): Shared, Path((model, version)): Path<(String, String)>) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = lookup(&state, &model, Some(&version))?;
+    Ok(Json(metadata::model(&m, versions_of(&state, &model))))
+}
+
+fn ready_status(state: &AppState, m: &ModelVersion) -> StatusCode {
+    if m.is_ready() && state.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+async fn model_ready(State(state): Shared, Path(model): Path<String>) -> Result<StatusCode, ApiError> {
+    let m = lookup(&state, &model, None)?;
+    Ok(ready_status(&state, &m))
+}
+
+async fn model_ready_v(State(state): Shared, Path((model, version)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+    let m = lookup(&state, &model, Some(&version))?;
+    Ok(ready_status(&state, &m))
+}
+
+async fn model_config(State(state): Shared, Path(model): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = lookup(&state, &model, None)?;
+    Ok(Json(metadata::config(&m)))
+}
+
+async fn model_config_v(State(state): Shared, Path((model, version)): Path<(String, String)>) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = lookup(&state, &model, Some(&version))?;
+    Ok(Json(metadata::config(&m)))
+}
+
+async fn all_stats(State(state): Shared) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "model_stats": state.repository.all().map(|m| metadata::stats(m)).collect::<Vec<_>>() }))
+}
+
+async fn model_stats(State(state): Shared, Path(model): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = lookup(&state, &model, None)?;
+    Ok(Json(serde_json::json!({ "model_stats": [metadata::stats(&m)] })))
+}
+
+async fn model_stats_v(State(state): Shared, Path((model, version)): Path<(String, String)>) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = lookup(&state, &model, Some(&version))?;
+    Ok(Json(serde_json::json!({ "model_stats": [metadata::stats(&m)] })))
+}
+
+async fn infer(State(state): Shared, Path(model): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    run_infer(state, model, None, headers, body).await
+}
+
+async fn infer_v(State(state): Shared, Path((model, version)): Path<(String, String)>, headers: HeaderMap, body: Body) -> Response {
+    run_infer(state, model, Some(version), headers, body).await
+}
+
+/// Request ids for log lines when the client sends neither `x-request-id` nor a V2 `id`.
+static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
+
+async fn run_infer(state: Arc<AppState>, model: String, version: Option<String>, headers: HeaderMap, body: Body) -> Response {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("r{}", NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)));
+    let span = tracing::info_span!("infer", request_id = %request_id, model = %model);
+    async move {
+        match infer_inner(&state, &model, version.as_deref(), &headers, body).await {
+            Ok(response) => response,
+            Err(err) => {
+                if err.status.is_server_error() {
+                    tracing::warn!(status = err.status.as_u16(), error = %err.message, "inference failed");
+                } else {
+                    tracing::debug!(status = err.status.as_u16(), error = %err.message, "request refused");
+                }
+                err.into_response()
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is over the limit of {limit} bytes"));
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request(format!("cannot read the request body: {e}"))),
+    }
+}
+
+async fn infer_inner(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let m = lookup(state, model, version)?;
+    if !state.is_ready() || !m.is_ready() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("model '{model}' is not ready")));
+    }
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) {
+        if !encoding.eq_ignore_ascii_case("identity") {
+            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Content-Encoding '{encoding}' is not supported")));
+        }
+    }
+    let body = read_body(body, headers, state.max_body_bytes).await?;
+    let header_length = match headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| ApiError::bad_request("Inference-Header-Content-Length is not ASCII"))?),
+    };
+    let (json, binary) = split_body(&body, header_length)?;
+    let request = decode_request(&json, binary, state.limits)?;
+    let selected = m.signature.select_outputs(&request.outputs)?;
+    let validated = m.signature.validate(request.inputs, m.settings.max_batch_size)?;
+    let job = Job { inputs: validated.tensors, rows: validated.rows, priority: request.params.priority, timeout: request.params.timeout };
+    let mut outputs: Vec<Option<Tensor>> = m.scheduler.infer(job).await?.into_iter().map(Some).collect();
+    let outputs: Vec<NamedTensor> = selected
+        .iter()
+        .map(|&i| {
+            let tensor = outputs.get_mut(i).and_then(Option::take);
+            tensor.map(|tensor| NamedTensor { name: m.signature.outputs[i].name.clone(), tensor })
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the backend returned fewer outputs than the model declares"))?;
+    let response = InferResponse { model_name: m.name.clone(), model_version: m.version_string(), id: request.id, outputs };
+    let choice = EncodeChoice::for_request(&request.outputs, &request.params, &response);
+    let encoded = encode_response(&response, &choice)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the response: {e}")))?;
+    let mut http = Response::new(Body::from(encoded.body));
+    let h = http.headers_mut();
+    match encoded.json_header_length {
+        Some(n) => {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            h.insert(HEADER_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    }
+    Ok(http)
+}

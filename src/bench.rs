@@ -1,4 +1,452 @@
-//! `sluice bench`: see below.
-#[derive(clap::Args)]
-pub struct BenchArgs {}
-pub fn main(_args: BenchArgs) -> Result<(), String> { Err("not yet".into()) }
+//! `sluice bench`: a load generator over KServe V2 HTTP, and a raw in-process ONNX Runtime baseline on the same model.
+//!
+//! - Closed loop (default): `--concurrency` clients each send a request, wait for the answer, and send the next.
+//! - Open loop (`--rate R`): requests start at a fixed rate whatever the server does, which is how overload is measured
+//!   (a closed loop slows down with the server and never overloads it).
+//! - Baseline (`--baseline`): loads the model in this process with ONNX Runtime and times `run` at several batch sizes,
+//!   so gateway figures can be read as ratios of the raw engine measured on the same machine.
+//!
+//! Results print as text, or as one JSON object with `--json` (for docs/BENCHMARKS.md).
+
+use crate::backend::{onnx, BackendInstance, ModelSignature};
+use crate::config::{ModelDefaults, ModelFile};
+use crate::protocol::json::TensorData;
+use crate::tensor::{DataType, Tensor};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    /// Model to load.
+    #[arg(long, short)]
+    pub model: String,
+    /// Model version (default: the server's default version).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Closed-loop clients.
+    #[arg(long, short, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Open-loop arrival rate in requests per second (overrides --concurrency).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Measurement length (e.g. 20s).
+    #[arg(long, short, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Stop after this many requests instead (closed loop).
+    #[arg(long, short = 'n')]
+    pub requests: Option<u64>,
+    /// Warm-up before measuring, not counted.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub warmup: Duration,
+    /// Rows per request (the batch dimension of each input).
+    #[arg(long, short, default_value_t = 1)]
+    pub batch: usize,
+    /// Send inputs and ask for outputs with the binary tensor data extension instead of JSON.
+    #[arg(long)]
+    pub binary: bool,
+    /// Random seed for the generated inputs.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Measure raw in-process ONNX Runtime on the model instead of the server.
+    #[arg(long)]
+    pub baseline: bool,
+    /// Model repository (baseline mode).
+    #[arg(long, default_value = "models")]
+    pub models: PathBuf,
+    /// Batch sizes to time (baseline mode).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,16,32,64")]
+    pub batch_sizes: Vec<usize>,
+    /// Intra-op threads (baseline mode).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+pub fn main(args: BenchArgs) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let report = if args.baseline { baseline(&args)? } else { runtime.block_on(load(&args))? };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+    } else {
+        print_text(&report);
+    }
+    Ok(())
+}
+
+/// Percentiles of a latency sample, in microseconds.
+pub fn percentiles(samples: &mut [u64]) -> Value {
+    if samples.is_empty() {
+        return json!(null);
+    }
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+    json!({ "p50_us": at(0.50), "p90_us": at(0.90), "p99_us": at(0.99), "max_us": samples[samples.len() - 1], "count": samples.len() })
+}
+
+/// Random inputs shaped after the model's signature, with `batch` rows where the model has a dynamic first dim.
+pub fn random_inputs(signature: &ModelSignature, batching: bool, batch: usize, rng: &mut StdRng) -> Result<Vec<Tensor>, String> {
+    signature
+        .inputs
+        .iter()
+        .map(|spec| {
+            let shape: Vec<usize> = spec
+                .dims
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| if i == 0 && batching { batch } else if d < 0 { 1 } else { d as usize })
+                .collect();
+            let n: usize = shape.iter().product();
+            let t = match spec.dtype {
+                DataType::F32 => Tensor::from_slice(spec.dtype, shape, &(0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>()),
+                DataType::F64 => Tensor::from_slice(spec.dtype, shape, &(0..n).map(|_| rng.random_range(-1.0f64..1.0)).collect::<Vec<_>>()),
+                DataType::F16 => Tensor::from_slice(
+                    spec.dtype,
+                    shape,
+                    &(0..n).map(|_| half::f16::from_f32(rng.random_range(-1.0f32..1.0))).collect::<Vec<_>>(),
+                ),
+                DataType::I64 => Tensor::from_slice(spec.dtype, shape, &(0..n).map(|_| rng.random_range(0i64..1000)).collect::<Vec<_>>()),
+                DataType::I32 => Tensor::from_slice(spec.dtype, shape, &(0..n).map(|_| rng.random_range(0i32..1000)).collect::<Vec<_>>()),
+                DataType::Bytes => {
+                    let items: Vec<String> = (0..n).map(|_| format!("item-{}", rng.random_range(0..1000))).collect();
+                    Tensor::from_byte_strings(shape, &items)
+                }
+                other => {
+                    let size = other.element_size().unwrap_or(1);
+                    let bytes: Vec<u8> = (0..n * size).map(|_| rng.random_range(0u8..2)).collect();
+                    Tensor::new(other, shape, Bytes::from(bytes))
+                }
+            };
+            t.map_err(|e| format!("cannot generate input '{}': {e}", spec.name))
+        })
+        .collect()
+}
+
+/// Encodes a V2 request body (JSON, or JSON header + binary tensors). Returns (body, json header length if binary).
+pub fn encode_request(signature: &ModelSignature, inputs: &[Tensor], binary: bool) -> (Bytes, Option<usize>) {
+    let wire_inputs: Vec<Value> = signature
+        .inputs
+        .iter()
+        .zip(inputs)
+        .map(|(spec, t)| {
+            let mut v = json!({ "name": spec.name, "shape": t.shape(), "datatype": t.dtype().v2_name() });
+            if binary {
+                v["parameters"] = json!({ "binary_data_size": t.data().len() });
+            } else {
+                v["data"] = serde_json::to_value(TensorData(t)).unwrap_or(Value::Null);
+            }
+            v
+        })
+        .collect();
+    let mut body = json!({ "inputs": wire_inputs });
+    if binary {
+        body["parameters"] = json!({ "binary_data_output": true });
+    }
+    let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+    if !binary {
+        return (Bytes::from(bytes), None);
+    }
+    let header = bytes.len();
+    for t in inputs {
+        bytes.extend_from_slice(t.data());
+    }
+    (Bytes::from(bytes), Some(header))
+}
+
+/// Reads a model's signature and batching from the server's V2 metadata and Triton config endpoints.
+fn parse_signature(metadata: &Value) -> Result<ModelSignature, String> {
+    let specs = |key: &str| -> Result<Vec<crate::backend::TensorSpec>, String> {
+        metadata[key]
+            .as_array()
+            .ok_or_else(|| format!("model metadata has no '{key}'"))?
+            .iter()
+            .map(|t| {
+                Ok(crate::backend::TensorSpec {
+                    name: t["name"].as_str().ok_or("tensor without a name")?.to_string(),
+                    dtype: t["datatype"].as_str().and_then(DataType::from_v2_name).ok_or("unknown datatype")?,
+                    dims: t["shape"].as_array().ok_or("tensor without a shape")?.iter().filter_map(Value::as_i64).collect(),
+                })
+            })
+            .collect::<Result<_, &str>>()
+            .map_err(str::to_string)
+    };
+    Ok(ModelSignature { inputs: specs("inputs")?, outputs: specs("outputs")? })
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+async fn get_json(client: &HttpClient, url: &str) -> Result<Value, String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL {url}: {e}"))?;
+    let response = client.get(uri).await.map_err(|e| format!("GET {url}: {e}"))?;
+    let status = response.status();
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    if !status.is_success() {
+        return Err(format!("GET {url}: {status} {}", String::from_utf8_lossy(&body)));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("GET {url}: {e}"))
+}
+
+/// Batch sizes the server ran (from Triton's statistics extension): size -> batches.
+async fn batch_counts(client: &HttpClient, base: &str) -> BTreeMap<u64, u64> {
+    let mut counts = BTreeMap::new();
+    if let Ok(stats) = get_json(client, &format!("{base}/stats")).await {
+        for b in stats["model_stats"][0]["batch_stats"].as_array().into_iter().flatten() {
+            if let (Some(size), Some(count)) = (b["batch_size"].as_u64(), b["compute_infer"]["count"].as_u64()) {
+                counts.insert(size, count);
+            }
+        }
+    }
+    counts
+}
+
+struct Sample {
+    status: u16,
+    micros: u64,
+}
+
+async fn send(client: &HttpClient, uri: &hyper::Uri, body: &(Bytes, Option<usize>)) -> Sample {
+    let started = Instant::now();
+    let mut builder = hyper::Request::post(uri.clone()).header("content-type", "application/json");
+    if let Some(n) = body.1 {
+        builder = builder.header("inference-header-content-length", n);
+    }
+    let status = match builder.body(Full::new(body.0.clone())) {
+        Ok(request) => match client.request(request).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.into_body().collect().await {
+                    Ok(_) => status,
+                    Err(_) => 0,
+                }
+            }
+            Err(_) => 0,
+        },
+        Err(_) => 0,
+    };
+    Sample { status, micros: started.elapsed().as_micros() as u64 }
+}
+
+async fn load(args: &BenchArgs) -> Result<Value, String> {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(4096).build(connector);
+    let base = match &args.version {
+        Some(v) => format!("{}/v2/models/{}/versions/{v}", args.url.trim_end_matches('/'), args.model),
+        None => format!("{}/v2/models/{}", args.url.trim_end_matches('/'), args.model),
+    };
+    let metadata = get_json(&client, &base).await?;
+    let config = get_json(&client, &format!("{base}/config")).await?;
+    let signature = parse_signature(&metadata)?;
+    let batching = config["max_batch_size"].as_u64().unwrap_or(0) > 0;
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let bodies: Arc<Vec<(Bytes, Option<usize>)>> = Arc::new(
+        (0..64)
+            .map(|_| random_inputs(&signature, batching, args.batch, &mut rng).map(|t| encode_request(&signature, &t, args.binary)))
+            .collect::<Result<_, _>>()?,
+    );
+    let uri: hyper::Uri = format!("{base}/infer").parse().map_err(|e| format!("bad URL: {e}"))?;
+
+    // Warm-up (connections, caches), then measure.
+    if !args.warmup.is_zero() {
+        run_phase(args, &client, &uri, &bodies, args.warmup, None).await;
+    }
+    let before = batch_counts(&client, &base).await;
+    let started = Instant::now();
+    let samples = run_phase(args, &client, &uri, &bodies, args.duration, args.requests).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = batch_counts(&client, &base).await;
+
+    let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
+    let mut ok: Vec<u64> = Vec::new();
+    let mut rejected: Vec<u64> = Vec::new();
+    for s in &samples {
+        *by_status.entry(if s.status == 0 { "connection_error".into() } else { s.status.to_string() }).or_default() += 1;
+        match s.status {
+            200 => ok.push(s.micros),
+            429 | 503 => rejected.push(s.micros),
+            _ => {}
+        }
+    }
+    let mut batches: BTreeMap<String, u64> = BTreeMap::new();
+    for (size, count) in &after {
+        let delta = count - before.get(size).copied().unwrap_or(0);
+        if delta > 0 {
+            batches.insert(size.to_string(), delta);
+        }
+    }
+    let total: u64 = batches.values().sum();
+    let rows: u64 = batches.iter().map(|(s, c)| s.parse::<u64>().unwrap_or(0) * c).sum();
+    Ok(json!({
+        "mode": if args.rate.is_some() { "open-loop" } else { "closed-loop" },
+        "model": args.model,
+        "concurrency": args.concurrency,
+        "rate_per_s": args.rate,
+        "batch": args.batch,
+        "encoding": if args.binary { "binary" } else { "json" },
+        "seconds": elapsed,
+        "requests": samples.len(),
+        "ok": ok.len(),
+        "throughput_rps": ok.len() as f64 / elapsed,
+        "throughput_rows_per_s": (ok.len() * args.batch) as f64 / elapsed,
+        "latency_ok": percentiles(&mut ok),
+        "latency_rejected": percentiles(&mut rejected),
+        "status": by_status,
+        "server_batches": batches,
+        "server_mean_batch_rows": if total > 0 { rows as f64 / total as f64 } else { 0.0 },
+    }))
+}
+
+async fn run_phase(
+    args: &BenchArgs,
+    client: &HttpClient,
+    uri: &hyper::Uri,
+    bodies: &Arc<Vec<(Bytes, Option<usize>)>>,
+    duration: Duration,
+    count: Option<u64>,
+) -> Vec<Sample> {
+    let deadline = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    if let Some(rate) = args.rate.filter(|r| *r > 0.0) {
+        // Open loop: one task per request at fixed intervals; in-flight requests are capped to bound memory.
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(16_384));
+        let mut next = Instant::now();
+        let mut i = 0usize;
+        while next < deadline {
+            tokio::time::sleep_until(next.into()).await;
+            let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+            let (client, uri, bodies) = (client.clone(), uri.clone(), bodies.clone());
+            tasks.push(tokio::spawn(async move {
+                let s = send(&client, &uri, &bodies[i % bodies.len()]).await;
+                drop(permit);
+                vec![s]
+            }));
+            i += 1;
+            next += interval;
+        }
+    } else {
+        let budget = Arc::new(std::sync::atomic::AtomicU64::new(count.unwrap_or(u64::MAX)));
+        for c in 0..args.concurrency.max(1) {
+            let (client, uri, bodies, budget) = (client.clone(), uri.clone(), bodies.clone(), budget.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut samples = Vec::new();
+                let mut i = c;
+                while Instant::now() < deadline || count.is_some() {
+                    let left = budget.fetch_update(std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire, |n| n.checked_sub(1));
+                    if left.is_err() {
+                        break;
+                    }
+                    samples.push(send(&client, &uri, &bodies[i % bodies.len()]).await);
+                    i += 1;
+                }
+                samples
+            }));
+        }
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        if let Ok(mut s) = t.await {
+            all.append(&mut s);
+        }
+    }
+    all
+}
+
+/// Times raw in-process ONNX Runtime `run` calls at each batch size on this thread.
+fn baseline(args: &BenchArgs) -> Result<Value, String> {
+    onnx::init_runtime(None).map_err(|e| e.to_string())?;
+    let dir = args.models.join(&args.model);
+    let version = match &args.version {
+        Some(v) => v.clone(),
+        None => std::fs::read_dir(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()))
+            .max()
+            .ok_or_else(|| format!("{} has no version", dir.display()))?
+            .to_string(),
+    };
+    let path = dir.join(&version).join("model.onnx");
+    let file = ModelFile { threads: Some(args.threads), instances: Some(1), ..ModelFile::load(&dir.join("model.toml")).map_err(|e| e.to_string())? };
+    let (mut loaded, settings) = onnx::load(&path, |sig| {
+        file.resolve(&ModelDefaults::default(), sig.can_batch(), &dir.join("model.toml"))
+            .map_err(|e| crate::backend::BackendError::Load { path: path.display().to_string(), message: e.to_string() })
+    })
+    .map_err(|e| e.to_string())?;
+    let batching = settings.max_batch_size > 0;
+    let mut instance: Box<dyn BackendInstance> = loaded.instances.pop().ok_or("no instance")?;
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let sizes: Vec<usize> = if batching { args.batch_sizes.clone() } else { vec![1] };
+    let per_size = args.duration.div_f64(sizes.len().max(1) as f64);
+    let mut results = Vec::new();
+    let mut best = 0.0f64;
+    for &size in &sizes {
+        let inputs = random_inputs(&loaded.signature, batching, size, &mut rng)?;
+        for _ in 0..3 {
+            instance.infer(&inputs).map_err(|e| e.to_string())?;
+        }
+        let mut samples = Vec::new();
+        let started = Instant::now();
+        while started.elapsed() < per_size || samples.len() < 5 {
+            let t = Instant::now();
+            instance.infer(&inputs).map_err(|e| e.to_string())?;
+            samples.push(t.elapsed().as_micros() as u64);
+        }
+        let rows_per_s = (samples.len() * size) as f64 / started.elapsed().as_secs_f64();
+        best = best.max(rows_per_s);
+        results.push(json!({ "batch": size, "rows_per_s": rows_per_s, "latency": percentiles(&mut samples) }));
+    }
+    Ok(json!({ "mode": "baseline", "model": args.model, "threads": args.threads, "results": results, "best_rows_per_s": best }))
+}
+
+fn print_text(report: &Value) {
+    if report["mode"] == "baseline" {
+        println!("raw in-process ONNX Runtime, model {}, {} intra-op thread(s)", report["model"], report["threads"]);
+        for r in report["results"].as_array().into_iter().flatten() {
+            let l = &r["latency"];
+            println!(
+                "  batch {:>4}: {:>10.1} rows/s   run p50 {} us  p99 {} us",
+                r["batch"], r["rows_per_s"].as_f64().unwrap_or(0.0), l["p50_us"], l["p99_us"]
+            );
+        }
+        println!("  best: {:.1} rows/s", report["best_rows_per_s"].as_f64().unwrap_or(0.0));
+        return;
+    }
+    println!(
+        "{} {}: model {} batch {} {} for {:.1}s",
+        report["mode"].as_str().unwrap_or(""),
+        if report["mode"] == "open-loop" { format!("rate {}/s", report["rate_per_s"]) } else { format!("concurrency {}", report["concurrency"]) },
+        report["model"],
+        report["batch"],
+        report["encoding"].as_str().unwrap_or(""),
+        report["seconds"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  throughput: {:.1} req/s ({:.1} rows/s), {} of {} requests OK",
+        report["throughput_rps"].as_f64().unwrap_or(0.0),
+        report["throughput_rows_per_s"].as_f64().unwrap_or(0.0),
+        report["ok"],
+        report["requests"]
+    );
+    for (label, key) in [("latency (200)", "latency_ok"), ("latency (429/503)", "latency_rejected")] {
+        let l = &report[key];
+        if !l.is_null() {
+            println!("  {label}: p50 {} us  p90 {} us  p99 {} us  max {} us", l["p50_us"], l["p90_us"], l["p99_us"], l["max_us"]);
+        }
+    }
+    println!("  status: {}", report["status"]);
+    println!("  server batch sizes (rows: batches): {}  mean {:.1} rows", report["server_batches"], report["server_mean_batch_rows"].as_f64().unwrap_or(0.0));
+}

@@ -59,6 +59,10 @@ pub struct BenchArgs {
     /// Random seed for the generated inputs.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// HTTP client: `hyper` (async, default) or `blocking` (one OS thread and one keep-alive socket per client, the
+    /// leanest client there is: use it to measure the gateway's added latency at low concurrency).
+    #[arg(long, value_enum, default_value = "hyper")]
+    pub client: ClientKind,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -76,8 +80,14 @@ pub struct BenchArgs {
     pub threads: usize,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientKind {
+    Hyper,
+    Blocking,
+}
+
 pub fn main(args: BenchArgs) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let report = if args.baseline { baseline(&args)? } else { runtime.block_on(load(&args))? };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
@@ -337,6 +347,21 @@ async fn run_phase(
             i += 1;
             next += interval;
         }
+    } else if args.client == ClientKind::Blocking {
+        let budget = Arc::new(std::sync::atomic::AtomicU64::new(count.unwrap_or(u64::MAX)));
+        let threads: Vec<_> = (0..args.concurrency.max(1))
+            .map(|c| {
+                let (uri, bodies, budget) = (uri.clone(), bodies.clone(), budget.clone());
+                std::thread::spawn(move || blocking_client(&uri, &bodies, c, deadline, count.is_some(), &budget))
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in threads {
+            if let Ok(mut s) = t.join() {
+                all.append(&mut s);
+            }
+        }
+        return all;
     } else {
         let budget = Arc::new(std::sync::atomic::AtomicU64::new(count.unwrap_or(u64::MAX)));
         for c in 0..args.concurrency.max(1) {
@@ -363,6 +388,81 @@ async fn run_phase(
         }
     }
     all
+}
+
+/// One closed-loop client on a plain blocking socket with HTTP/1.1 keep-alive.
+fn blocking_client(
+    uri: &hyper::Uri,
+    bodies: &[(Bytes, Option<usize>)],
+    first: usize,
+    deadline: Instant,
+    counted: bool,
+    budget: &std::sync::atomic::AtomicU64,
+) -> Vec<Sample> {
+    use std::io::{Read, Write};
+    let authority = uri.authority().map(|a| a.as_str().to_string()).unwrap_or_default();
+    let path = uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let mut samples = Vec::new();
+    let mut stream: Option<std::net::TcpStream> = None;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut i = first;
+    while Instant::now() < deadline || counted {
+        if budget.fetch_update(std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire, |n| n.checked_sub(1)).is_err() {
+            break;
+        }
+        let (body, header_len) = &bodies[i % bodies.len()];
+        i += 1;
+        let started = Instant::now();
+        if stream.is_none() {
+            stream = std::net::TcpStream::connect(&authority).ok();
+            if let Some(s) = &stream {
+                let _ = s.set_nodelay(true);
+            }
+        }
+        let Some(s) = stream.as_mut() else {
+            samples.push(Sample { status: 0, micros: started.elapsed().as_micros() as u64 });
+            continue;
+        };
+        let mut request = format!("POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+        if let Some(n) = header_len {
+            request.push_str(&format!("Inference-Header-Content-Length: {n}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut wire = request.into_bytes();
+        wire.extend_from_slice(body);
+        let status = (|| -> Option<u16> {
+            s.write_all(&wire).ok()?;
+            // Read the head, then exactly Content-Length bytes of body.
+            let mut got = 0usize;
+            let head_end = loop {
+                let n = s.read(&mut buf[got..]).ok().filter(|&n| n > 0)?;
+                got += n;
+                if let Some(p) = buf[..got].windows(4).position(|w| w == b"\r\n\r\n") {
+                    break p + 4;
+                }
+                if got == buf.len() {
+                    return None;
+                }
+            };
+            let head = std::str::from_utf8(&buf[..head_end]).ok()?;
+            let status: u16 = head.get(9..12)?.parse().ok()?;
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.trim()))
+                .and_then(|v| v.parse().ok())?;
+            let mut left = (head_end + length).saturating_sub(got);
+            while left > 0 {
+                let n = s.read(&mut buf[..left.min(1 << 16)]).ok().filter(|&n| n > 0)?;
+                left -= n;
+            }
+            Some(status)
+        })();
+        if status.is_none() {
+            stream = None;
+        }
+        samples.push(Sample { status: status.unwrap_or(0), micros: started.elapsed().as_micros() as u64 });
+    }
+    samples
 }
 
 /// Times raw in-process ONNX Runtime `run` calls at each batch size on this thread.

@@ -1,7 +1,7 @@
 //! Instance threads: each owns one backend instance and runs the batches the batcher hands it, off the async runtime.
 
 use super::queue::Entry;
-use super::stats::ModelStats;
+use super::stats::{BatchTiming, ModelStats};
 use super::ScheduleError;
 use crate::backend::BackendInstance;
 use crate::tensor::Tensor;
@@ -38,11 +38,12 @@ fn run_batch(instance: &mut dyn BackendInstance, job: BatchJob, stats: &ModelSta
     let BatchJob { entries, formed, _permit } = job;
     let rows: Vec<usize> = entries.iter().map(|e| e.rows).collect();
     let total_rows: usize = rows.iter().sum();
-    let queue_ns: u64 = entries.iter().map(|e| formed.saturating_duration_since(e.enqueued).as_nanos() as u64).sum();
-    let started = Instant::now();
-    let result = execute(instance, &entries, &rows, output_count);
-    let compute = started.elapsed();
-    stats.record_batch(entries.len(), total_rows, queue_ns, compute, result.is_ok());
+    let mut timing = BatchTiming {
+        queue: entries.iter().map(|e| formed.saturating_duration_since(e.enqueued)).sum(),
+        ..BatchTiming::default()
+    };
+    let result = execute(instance, &entries, &rows, output_count, &mut timing);
+    stats.record_batch(entries.len(), total_rows, timing, result.is_ok());
     match result {
         Ok(per_request) => {
             for (entry, outputs) in entries.into_iter().zip(per_request) {
@@ -58,26 +59,34 @@ fn run_batch(instance: &mut dyn BackendInstance, job: BatchJob, stats: &ModelSta
     }
 }
 
-/// Joins the inputs, runs them, checks the outputs and splits them back per request.
+/// Joins the inputs, runs them, checks the outputs and splits them back per request, timing each phase.
 fn execute(
     instance: &mut dyn BackendInstance,
     entries: &[Entry],
     rows: &[usize],
     output_count: usize,
+    timing: &mut BatchTiming,
 ) -> Result<Vec<Vec<Tensor>>, ScheduleError> {
     let backend_err = |m: String| ScheduleError::Backend(m);
+    let started = Instant::now();
     let input_count = entries.first().map_or(0, |e| e.inputs.len());
     let inputs: Vec<Tensor> = (0..input_count)
         .map(|i| Tensor::concat(&entries.iter().map(|e| &e.inputs[i]).collect::<Vec<_>>()))
         .collect::<Result<_, _>>()
         .map_err(|e| backend_err(format!("cannot form batch: {e}")))?;
-    let outputs = catch_unwind(AssertUnwindSafe(|| instance.infer(&inputs)))
+    let ran = Instant::now();
+    timing.input = ran - started;
+    let outputs = catch_unwind(AssertUnwindSafe(|| instance.infer(&inputs)));
+    let done = Instant::now();
+    timing.infer = done - ran;
+    let outputs = outputs
         .map_err(|_| backend_err("the backend panicked while running the batch".into()))?
         .map_err(|e| backend_err(e.to_string()))?;
     if outputs.len() != output_count {
         return Err(backend_err(format!("the backend returned {} outputs, expected {output_count}", outputs.len())));
     }
     if entries.len() == 1 {
+        timing.output = done.elapsed();
         return Ok(vec![outputs]);
     }
     let mut per_request: Vec<Vec<Tensor>> = (0..entries.len()).map(|_| Vec::with_capacity(outputs.len())).collect();
@@ -87,5 +96,6 @@ fn execute(
             slot.push(piece);
         }
     }
+    timing.output = done.elapsed();
     Ok(per_request)
 }

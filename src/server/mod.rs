@@ -4,6 +4,7 @@ pub mod http;
 mod metadata;
 
 use crate::protocol::json::DecodeLimits;
+use axum::serve::ListenerExt;
 use crate::repository::Repository;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,7 +53,11 @@ impl HttpServer {
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let state = self.state.clone();
         let router = http::router(self.state);
-        axum::serve(self.listener, router)
+        // Small V2 responses must not wait for Nagle's algorithm.
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 state.begin_shutdown();

@@ -10,7 +10,7 @@
 
 use crate::backend::{onnx, BackendInstance, ModelSignature};
 use crate::config::{ModelDefaults, ModelFile};
-use crate::protocol::json::TensorData;
+use crate::protocol::json::write_tensor_data;
 use crate::tensor::{DataType, Tensor};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -156,7 +156,11 @@ pub fn encode_request(signature: &ModelSignature, inputs: &[Tensor], binary: boo
             if binary {
                 v["parameters"] = json!({ "binary_data_size": t.data().len() });
             } else {
-                v["data"] = serde_json::to_value(TensorData(t)).unwrap_or(Value::Null);
+                let mut data = Vec::new();
+                v["data"] = match write_tensor_data(&mut data, t) {
+                    Ok(()) => serde_json::from_slice(&data).unwrap_or(Value::Null),
+                    Err(_) => Value::Null,
+                };
             }
             v
         })

@@ -8,8 +8,7 @@ use super::types::{InferRequest, InferResponse, NamedTensor, RequestParams, Requ
 use crate::tensor::{append_byte_string, element_count, DataType, Tensor, TensorError};
 use bytes::{Bytes, BytesMut};
 use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
-use serde::ser::{SerializeMap, SerializeSeq, Serializer};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::fmt;
@@ -189,6 +188,9 @@ pub fn decode_request(json: &[u8], binary: Bytes, limits: DecodeLimits) -> Resul
 
 /// Parses a JSON `data` value (flat or nested arrays) of `dtype` into V2 tensor bytes.
 fn decode_data(name: &str, dtype: DataType, expected: usize, raw: &RawValue) -> Result<Bytes, DecodeError> {
+    if let Some(bytes) = super::json_fast::decode_numbers(raw.get(), dtype, expected) {
+        return Ok(bytes.freeze());
+    }
     let capacity = dtype.element_size().map(|s| s * expected).unwrap_or(0);
     let mut sink = DataSink { dtype, expected, count: 0, buf: BytesMut::with_capacity(capacity), error: None };
     let mut de = serde_json::Deserializer::from_str(raw.get());
@@ -356,103 +358,50 @@ pub struct EncodedResponse {
 }
 
 /// Encodes a response as V2 JSON, appending binary outputs after the JSON when `choice` asks for them.
+/// Written by hand: the numeric data is the bulk of the body and is formatted straight into the buffer.
 pub fn encode_response(response: &InferResponse, choice: &EncodeChoice) -> Result<EncodedResponse, serde_json::Error> {
-    let mut json = Vec::with_capacity(256 + response.outputs.iter().map(|o| o.tensor.data().len() * 3).sum::<usize>());
-    serde_json::to_writer(&mut json, &WireResponse { response, choice })?;
-    let any_binary = choice.binary.iter().any(|&b| b);
-    if !any_binary {
-        return Ok(EncodedResponse { body: Bytes::from(json), json_header_length: None });
+    let mut out = Vec::with_capacity(256 + response.outputs.iter().map(|o| o.tensor.data().len() * 3).sum::<usize>());
+    out.extend_from_slice(b"{\"model_name\":");
+    serde_json::to_writer(&mut out, &response.model_name)?;
+    out.extend_from_slice(b",\"model_version\":");
+    serde_json::to_writer(&mut out, &response.model_version)?;
+    if let Some(id) = &response.id {
+        out.extend_from_slice(b",\"id\":");
+        serde_json::to_writer(&mut out, id)?;
     }
-    let header_len = json.len();
-    for (out, _) in response.outputs.iter().zip(&choice.binary).filter(|(_, &b)| b) {
-        json.extend_from_slice(out.tensor.data());
-    }
-    Ok(EncodedResponse { body: Bytes::from(json), json_header_length: Some(header_len) })
-}
-
-struct WireResponse<'a> {
-    response: &'a InferResponse,
-    choice: &'a EncodeChoice,
-}
-
-impl Serialize for WireResponse<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let r = self.response;
-        let mut map = s.serialize_map(None)?;
-        map.serialize_entry("model_name", &r.model_name)?;
-        map.serialize_entry("model_version", &r.model_version)?;
-        if let Some(id) = &r.id {
-            map.serialize_entry("id", id)?;
+    out.extend_from_slice(b",\"outputs\":[");
+    for (i, (t, &binary)) in response.outputs.iter().zip(&choice.binary).enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        let outputs: Vec<WireOutputTensor<'_>> =
-            r.outputs.iter().zip(&self.choice.binary).map(|(t, &binary)| WireOutputTensor { t, binary }).collect();
-        map.serialize_entry("outputs", &outputs)?;
-        map.end()
-    }
-}
-
-struct WireOutputTensor<'a> {
-    t: &'a NamedTensor,
-    binary: bool,
-}
-
-impl Serialize for WireOutputTensor<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let tensor = &self.t.tensor;
-        let mut map = s.serialize_map(None)?;
-        map.serialize_entry("name", &self.t.name)?;
-        map.serialize_entry("datatype", tensor.dtype().v2_name())?;
-        map.serialize_entry("shape", tensor.shape())?;
-        if self.binary {
-            map.serialize_entry("parameters", &serde_json::json!({ "binary_data_size": tensor.data().len() }))?;
+        out.extend_from_slice(b"{\"name\":");
+        serde_json::to_writer(&mut out, &t.name)?;
+        out.extend_from_slice(b",\"datatype\":\"");
+        out.extend_from_slice(t.tensor.dtype().v2_name().as_bytes());
+        out.extend_from_slice(b"\",\"shape\":");
+        serde_json::to_writer(&mut out, t.tensor.shape())?;
+        if binary {
+            out.extend_from_slice(format!(",\"parameters\":{{\"binary_data_size\":{}}}}}", t.tensor.data().len()).as_bytes());
         } else {
-            map.serialize_entry("data", &TensorData(tensor))?;
+            out.extend_from_slice(b",\"data\":");
+            super::json_fast::write_data(&mut out, &t.tensor)?;
+            out.push(b'}');
         }
-        map.end()
     }
+    out.extend_from_slice(b"]}");
+    if !choice.binary.iter().any(|&b| b) {
+        return Ok(EncodedResponse { body: Bytes::from(out), json_header_length: None });
+    }
+    let header_len = out.len();
+    for (t, _) in response.outputs.iter().zip(&choice.binary).filter(|(_, &b)| b) {
+        out.extend_from_slice(t.tensor.data());
+    }
+    Ok(EncodedResponse { body: Bytes::from(out), json_header_length: Some(header_len) })
 }
 
-/// Serializes a tensor's elements as a flat JSON array.
-pub struct TensorData<'a>(pub &'a Tensor);
-
-impl Serialize for TensorData<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let t = self.0;
-        let data = t.data();
-        let mut seq = s.serialize_seq(Some(t.element_count()))?;
-        macro_rules! each {
-            ($t:ty, $n:expr, $map:expr) => {
-                for chunk in data.chunks_exact($n) {
-                    let v = <$t>::from_le_bytes(chunk.try_into().map_err(serde::ser::Error::custom)?);
-                    seq.serialize_element(&$map(v))?;
-                }
-            };
-        }
-        match t.dtype() {
-            DataType::Bool => {
-                for &b in data.iter() {
-                    seq.serialize_element(&(b != 0))?;
-                }
-            }
-            DataType::U8 => each!(u8, 1, |v| v),
-            DataType::U16 => each!(u16, 2, |v| v),
-            DataType::U32 => each!(u32, 4, |v| v),
-            DataType::U64 => each!(u64, 8, |v| v),
-            DataType::I8 => each!(i8, 1, |v| v),
-            DataType::I16 => each!(i16, 2, |v| v),
-            DataType::I32 => each!(i32, 4, |v| v),
-            DataType::I64 => each!(i64, 8, |v| v),
-            DataType::F16 => each!(u16, 2, |v| half::f16::from_bits(v).to_f32()),
-            DataType::F32 => each!(f32, 4, |v| v),
-            DataType::F64 => each!(f64, 8, |v| v),
-            DataType::Bytes => {
-                for item in t.byte_strings().map_err(serde::ser::Error::custom)? {
-                    seq.serialize_element(&String::from_utf8_lossy(item))?;
-                }
-            }
-        }
-        seq.end()
-    }
+/// Writes a tensor's elements as a flat JSON array (the V2 `data` field).
+pub fn write_tensor_data(out: &mut Vec<u8>, t: &Tensor) -> Result<(), serde_json::Error> {
+    super::json_fast::write_data(out, t)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod json;
+mod json_fast;
 pub mod types;
 
 pub use error::ApiError;

@@ -51,12 +51,7 @@ impl IntoResponse for ApiError {
 
 impl From<crate::protocol::json::DecodeError> for ApiError {
     fn from(err: crate::protocol::json::DecodeError) -> ApiError {
-        use crate::protocol::json::DecodeError;
-        let status = match err {
-            DecodeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(status, err.to_string())
+        ApiError::bad_request(err.to_string())
     }
 }
 

@@ -27,7 +27,7 @@ impl Default for DecodeLimits {
     }
 }
 
-/// Why a request body could not be decoded. Every variant maps to 400, except `TooLarge` (413).
+/// Why a request body could not be decoded. Every variant maps to 400.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("malformed JSON request: {0}")]
@@ -48,8 +48,8 @@ pub enum DecodeError {
     NoData { name: String },
     #[error("input '{name}' has both 'data' and 'parameters.binary_data_size'")]
     BothData { name: String },
-    #[error("input '{name}': shape {shape:?} holds {count} elements, over the limit of {limit}")]
-    TooLarge { name: String, shape: Vec<usize>, count: usize, limit: usize },
+    #[error("input '{name}': shape {shape:?} holds {count} elements, over the limit of {limit} (server.max_tensor_elements)")]
+    TooLarge { name: String, shape: Vec<usize>, count: String, limit: usize },
     #[error("parameter '{name}': {message}")]
     Parameter { name: String, message: String },
     #[error("input '{0}' appears more than once")]
@@ -143,7 +143,7 @@ pub fn decode_request(json: &[u8], binary: Bytes, limits: DecodeLimits) -> Resul
         let count = element_count(&shape).filter(|&c| c <= limits.max_elements).ok_or_else(|| DecodeError::TooLarge {
             name: input.name.clone(),
             shape: shape.clone(),
-            count: element_count(&shape).unwrap_or(usize::MAX),
+            count: element_count(&shape).map_or_else(|| "more than 2^64".to_string(), |c| c.to_string()),
             limit: limits.max_elements,
         })?;
         let binary_size = param::<u64>(&input.parameters, "binary_data_size")
@@ -260,13 +260,28 @@ impl DataSink {
     }
 
     fn push_float<E: serde::de::Error>(&mut self, v: f64) -> Result<(), E> {
+        self.admit()?;
+        let out_of_range = |narrowed_is_infinite: bool| v.is_finite() && narrowed_is_infinite;
         match self.dtype {
-            DataType::F16 => self.buf.extend_from_slice(&half::f16::from_f64(v).to_le_bytes()),
-            DataType::F32 => self.buf.extend_from_slice(&(v as f32).to_le_bytes()),
-            DataType::F64 => self.buf.extend_from_slice(&v.to_le_bytes()),
+            DataType::F16 if out_of_range(half::f16::from_f64(v).is_infinite()) => {}
+            DataType::F32 if out_of_range((v as f32).is_infinite()) => {}
+            DataType::F16 => {
+                self.buf.extend_from_slice(&half::f16::from_f64(v).to_le_bytes());
+                return Ok(());
+            }
+            DataType::F32 => {
+                self.buf.extend_from_slice(&(v as f32).to_le_bytes());
+                return Ok(());
+            }
+            DataType::F64 => {
+                self.buf.extend_from_slice(&v.to_le_bytes());
+                return Ok(());
+            }
+            // serde_json reads integer literals beyond 64 bits as floats: those are out of range, not fractions.
+            other if v.fract() == 0.0 => return Err(self.fail(format!("a value of about {v:e} is out of range for {other}"))),
             other => return Err(self.fail(format!("{other} data must be whole numbers, got {v}"))),
         }
-        self.admit()
+        Err(self.fail(format!("a value of about {v:e} is out of range for {}", self.dtype)))
     }
 }
 

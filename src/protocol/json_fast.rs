@@ -80,17 +80,28 @@ fn push_number(s: &[u8], dtype: DataType, out: &mut BytesMut) -> Option<usize> {
     match dtype {
         DataType::F32 => {
             let (v, n) = fast_float2::parse_partial::<f32, _>(s).ok()?;
+            // JSON has no infinity: an infinite result means out of range, which the general path reports.
+            if v.is_infinite() {
+                return None;
+            }
             out.extend_from_slice(&v.to_le_bytes());
             Some(n)
         }
         DataType::F64 => {
             let (v, n) = fast_float2::parse_partial::<f64, _>(s).ok()?;
+            if v.is_infinite() {
+                return None;
+            }
             out.extend_from_slice(&v.to_le_bytes());
             Some(n)
         }
         DataType::F16 => {
             let (v, n) = fast_float2::parse_partial::<f64, _>(s).ok()?;
-            out.extend_from_slice(&half::f16::from_f64(v).to_le_bytes());
+            let h = half::f16::from_f64(v);
+            if h.is_infinite() {
+                return None;
+            }
+            out.extend_from_slice(&h.to_le_bytes());
             Some(n)
         }
         _ => {

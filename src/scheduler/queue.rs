@@ -19,6 +19,9 @@ const QUEUED: u8 = 0;
 const TAKEN: u8 = 1;
 const WITHDRAWN: u8 = 2;
 
+/// How long before a queued request's deadline the batcher stops waiting for a fuller batch and dispatches it.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
+
 /// Shared between a queued entry and the caller waiting for it.
 #[derive(Clone, Default)]
 pub struct Ticket(Arc<AtomicU8>);
@@ -45,14 +48,6 @@ pub struct Entry {
     pub deadline: Instant,
     pub ticket: Ticket,
     pub reply: Reply,
-}
-
-impl Entry {
-    /// Requests can share a batch only when every input agrees on the dims after the first.
-    pub fn same_shape_as(&self, other: &Entry) -> bool {
-        self.inputs.len() == other.inputs.len()
-            && self.inputs.iter().zip(&other.inputs).all(|(a, b)| a.shape().get(1..) == b.shape().get(1..))
-    }
 }
 
 pub enum Admission {
@@ -167,6 +162,22 @@ impl Queue {
 
     /// Forms the next batch for an idle instance, following the model's batching settings.
     pub fn form(&self, now: Instant) -> Formed {
+        // A caller may withdraw the head between the checks and the take; each retry has one fewer entry to find.
+        for _ in 0..4 {
+            match self.form_once(now) {
+                Formed::Empty if self.has_live(now) => continue,
+                formed => return formed,
+            }
+        }
+        // Still racing with withdrawals: look again shortly rather than sleep until the next arrival.
+        Formed::WaitUntil(now + Duration::from_millis(1))
+    }
+
+    fn has_live(&self, now: Instant) -> bool {
+        self.levels.lock().iter().flat_map(|l| l.iter()).any(|e| e.ticket.is_queued() && e.deadline > now)
+    }
+
+    fn form_once(&self, now: Instant) -> Formed {
         let s = &self.settings;
         let mut levels = self.levels.lock();
         // Withdrawn entries go now. Expired ones stay until their caller's timer withdraws them (and answers 504):
@@ -180,37 +191,44 @@ impl Queue {
         };
         if s.max_batch_size == 0 {
             for level in levels.iter_mut() {
-                if let Some(at) = level.iter().position(|e| live(e)) {
-                    if let Some(e) = level.remove(at) {
-                        if e.ticket.leave(TAKEN) {
-                            self.count_out(e.rows);
-                            return Formed::Batch(vec![e]);
-                        }
+                if let Some(e) = level.iter().position(|e| live(e)).and_then(|at| level.remove(at)) {
+                    if e.ticket.leave(TAKEN) {
+                        self.count_out(e.rows);
+                        return Formed::Batch(vec![e]);
                     }
                 }
             }
             return Formed::Empty;
         }
+        // Requests can share a batch only when every input agrees with the head's on the dims after the first.
+        let head_rows = head.rows;
+        let head_key: Vec<Vec<usize>> = head.inputs.iter().map(|t| t.shape().get(1..).unwrap_or(&[]).to_vec()).collect();
+        let fits = |e: &Entry| {
+            e.inputs.len() == head_key.len()
+                && e.inputs.iter().zip(&head_key).all(|(t, dims)| t.shape().get(1..).unwrap_or(&[]) == dims.as_slice())
+        };
         // Rows available for a batch shaped like the head, taken in priority order, never splitting a request.
         let mut available = 0usize;
         let mut oldest = head.enqueued;
+        let mut earliest_deadline = head.deadline;
         for e in levels.iter().flat_map(|l| l.iter()).filter(|e| live(e)) {
             oldest = oldest.min(e.enqueued);
-            if e.same_shape_as(head) && available + e.rows <= s.max_batch_size {
+            earliest_deadline = earliest_deadline.min(e.deadline);
+            if fits(e) && available + e.rows <= s.max_batch_size {
                 available += e.rows;
             }
         }
         let preferred = s.preferred_batch_sizes.iter().copied().filter(|&p| p <= available).max();
         let full = available >= s.max_batch_size;
         if !full && preferred.is_none() && !s.max_queue_delay.is_zero() && !self.is_closed() {
-            let until = oldest + s.max_queue_delay;
+            // Waiting for a fuller batch must never make a request miss its deadline: stop a little before the earliest.
+            let until = (oldest + s.max_queue_delay).min(earliest_deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(now));
             if now < until {
                 return Formed::WaitUntil(until);
             }
         }
-        let target = if full { s.max_batch_size } else { preferred.unwrap_or(s.max_batch_size) };
-        let head_inputs: Vec<Vec<usize>> = head.inputs.iter().map(|t| t.shape().get(1..).unwrap_or(&[]).to_vec()).collect();
-        let fits = |e: &Entry| e.inputs.iter().zip(&head_inputs).all(|(t, dims)| t.shape().get(1..).unwrap_or(&[]) == dims.as_slice());
+        // The head always fits, even when it is larger than the preferred size that was reached.
+        let target = if full { s.max_batch_size } else { preferred.unwrap_or(s.max_batch_size).max(head_rows) };
         let mut batch = Vec::new();
         let mut rows = 0usize;
         for level in levels.iter_mut() {

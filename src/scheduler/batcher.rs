@@ -5,12 +5,12 @@
 //! when the model asks for fuller batches).
 
 use super::queue::{Formed, Queue};
-use super::worker::BatchJob;
+use super::worker::{BatchJob, Handoff};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Semaphore;
 
-pub async fn run(queue: Arc<Queue>, permits: Arc<Semaphore>, jobs: crossbeam_channel::Sender<BatchJob>) {
+pub async fn run(queue: Arc<Queue>, permits: Arc<Semaphore>, handoff: Arc<Handoff>) {
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
@@ -29,9 +29,9 @@ pub async fn run(queue: Arc<Queue>, permits: Arc<Semaphore>, jobs: crossbeam_cha
             }
         };
         let Some(entries) = entries else { break };
-        // The channel holds as many jobs as there are instances and we hold a permit, so this never blocks for long.
+        // Holding a permit means an instance thread is free to take this job at once.
         let job = BatchJob { entries, formed: Instant::now(), _permit: permit };
-        if let Err(crossbeam_channel::SendError(job)) = jobs.send(job) {
+        if let Err(job) = handoff.push(job) {
             // Every instance thread is gone: answer instead of losing the batch.
             for e in job.entries {
                 let _ = e.reply.send(Err(super::ScheduleError::Backend(format!("model '{}' has no running instance", queue.model()))));
@@ -40,4 +40,5 @@ pub async fn run(queue: Arc<Queue>, permits: Arc<Semaphore>, jobs: crossbeam_cha
         }
     }
     queue.fail_all();
+    handoff.close();
 }

@@ -65,12 +65,12 @@ impl Scheduler {
     ) -> Scheduler {
         let stats = Arc::new(ModelStats::default());
         let queue = Arc::new(Queue::new(model.clone(), settings.clone()));
-        let (job_tx, job_rx) = crossbeam_channel::bounded::<worker::BatchJob>(instances.len());
+        let handoff = Arc::new(worker::Handoff::default());
         let permits = Arc::new(tokio::sync::Semaphore::new(instances.len()));
         for (index, instance) in instances.into_iter().enumerate() {
-            worker::spawn(format!("{model}#{index}"), instance, job_rx.clone(), stats.clone(), signature.outputs.len());
+            worker::spawn(format!("{model}#{index}"), instance, handoff.clone(), stats.clone(), signature.outputs.len());
         }
-        tokio::spawn(batcher::run(queue.clone(), permits, job_tx));
+        tokio::spawn(batcher::run(queue.clone(), permits, handoff));
         Scheduler { queue, stats }
     }
 

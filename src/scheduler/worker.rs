@@ -5,6 +5,8 @@ use super::stats::{BatchTiming, ModelStats};
 use super::ScheduleError;
 use crate::backend::BackendInstance;
 use crate::tensor::Tensor;
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,19 +19,70 @@ pub struct BatchJob {
     pub _permit: OwnedSemaphorePermit,
 }
 
-pub fn spawn(
-    name: String,
-    mut instance: Box<dyn BackendInstance>,
-    jobs: crossbeam_channel::Receiver<BatchJob>,
-    stats: Arc<ModelStats>,
-    output_count: usize,
-) {
+/// Hands batches from the batcher task to the instance threads.
+///
+/// A mutex and a condition variable rather than a channel that spins before it sleeps: on small machines the instance
+/// threads share cores with the async runtime, and a receiver spinning or yielding there only delays the sender.
+#[derive(Default)]
+pub struct Handoff {
+    state: Mutex<HandoffState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct HandoffState {
+    jobs: VecDeque<BatchJob>,
+    closed: bool,
+    /// Instance threads still taking jobs.
+    takers: usize,
+}
+
+impl Handoff {
+    /// Queues a job for the next free instance thread; gives it back when no thread is left to run it.
+    pub fn push(&self, job: BatchJob) -> Result<(), BatchJob> {
+        let mut state = self.state.lock();
+        if state.closed || state.takers == 0 {
+            return Err(job);
+        }
+        state.jobs.push_back(job);
+        drop(state);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Blocks until a job arrives; `None` once closed and drained.
+    fn pop(&self) -> Option<BatchJob> {
+        let mut state = self.state.lock();
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                return Some(job);
+            }
+            if state.closed {
+                return None;
+            }
+            self.ready.wait(&mut state);
+        }
+    }
+
+    /// No more jobs: instance threads finish what is queued and exit.
+    pub fn close(&self) {
+        self.state.lock().closed = true;
+        self.ready.notify_all();
+    }
+}
+
+/// Starts the thread that owns `instance` and runs the jobs of `handoff` until it closes.
+pub fn spawn(name: String, mut instance: Box<dyn BackendInstance>, handoff: Arc<Handoff>, stats: Arc<ModelStats>, output_count: usize) {
+    handoff.state.lock().takers += 1;
+    let thread_handoff = handoff.clone();
     let spawned = std::thread::Builder::new().name(format!("sluice-{name}")).spawn(move || {
-        while let Ok(job) = jobs.recv() {
+        while let Some(job) = thread_handoff.pop() {
             run_batch(instance.as_mut(), job, &stats, output_count);
         }
+        thread_handoff.state.lock().takers -= 1;
     });
     if let Err(e) = spawned {
+        handoff.state.lock().takers -= 1;
         tracing::error!(instance = %name, error = %e, "cannot start an instance thread");
     }
 }

@@ -429,3 +429,39 @@ async fn integers_beyond_64_bits_are_reported_out_of_range() {
     }
     server.shutdown().await;
 }
+
+/// ONNX string tensors are C strings of UTF-8 text: a BYTES element with a NUL byte or invalid UTF-8 is refused with 400
+/// before it queues (it would otherwise be truncated or mangled), and a clean request still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_elements_must_be_utf8_without_nul() {
+    let server = start().await;
+    let full_request = |bytes_element: &[u8]| {
+        let mut inputs = Vec::new();
+        for (suffix, dt) in [
+            ("bool", "BOOL"), ("int8", "INT8"), ("int16", "INT16"), ("int32", "INT32"), ("int64", "INT64"),
+            ("uint8", "UINT8"), ("uint16", "UINT16"), ("uint32", "UINT32"), ("uint64", "UINT64"),
+            ("fp16", "FP16"), ("fp32", "FP32"), ("fp64", "FP64"),
+        ] {
+            let data = if dt == "BOOL" { json!([true]) } else { json!([1]) };
+            inputs.push(json!({"name": format!("in_{suffix}"), "shape": [1, 1], "datatype": dt, "data": data}));
+        }
+        let mut element = (bytes_element.len() as u32).to_le_bytes().to_vec();
+        element.extend_from_slice(bytes_element);
+        inputs.push(json!({"name": "in_bytes", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": element.len()}}));
+        let header = serde_json::to_vec(&json!({ "inputs": inputs, "outputs": [{"name": "out_bytes"}] })).unwrap();
+        let length = header.len().to_string();
+        let mut body = header;
+        body.extend_from_slice(&element);
+        (length, body)
+    };
+    for (element, words) in [(&b"a\0b"[..], "NUL"), (&[0xff, 0xfe][..], "UTF-8")] {
+        let (length, body) = full_request(element);
+        let r = server.post_raw("/v2/models/all_types/infer", &[("inference-header-content-length", length.as_str())], body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&r.body));
+        assert!(r.error().contains(words) && r.error().contains("in_bytes"), "{}", r.error());
+    }
+    let (length, body) = full_request("héllo".as_bytes());
+    let r = server.post_raw("/v2/models/all_types/infer", &[("inference-header-content-length", length.as_str())], body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    server.shutdown().await;
+}

@@ -36,6 +36,8 @@ pub enum ValidationError {
     UnknownOutput { name: String, expected: String },
     #[error("the request has no inputs")]
     NoInputs,
+    #[error("input '{name}': BYTES element {index} {problem} (ONNX string tensors hold UTF-8 text without NUL bytes)")]
+    BadString { name: String, index: usize, problem: &'static str },
 }
 
 /// A request that fits the model: inputs in model order, and the rows it adds to a batch (1 for non-batching models).
@@ -90,6 +92,9 @@ impl ModelSignature {
                     expected: describe_dims(&spec.dims, max_batch_size > 0),
                 });
             }
+            if tensor.dtype() == DataType::Bytes {
+                check_strings(&spec.name, &tensor)?;
+            }
             if max_batch_size > 0 {
                 let rows = tensor.rows();
                 match &batch {
@@ -129,6 +134,22 @@ impl ModelSignature {
             })
             .collect()
     }
+}
+
+/// ONNX string tensors are C strings of UTF-8 text: refuse what would be mangled or truncated, before it queues.
+fn check_strings(name: &str, tensor: &Tensor) -> Result<(), ValidationError> {
+    let bad = |index, problem| ValidationError::BadString { name: name.to_string(), index, problem };
+    // The tensor was checked at decode time, so its layout is sound; an error here would be a bug, reported as such.
+    let items = tensor.byte_strings().map_err(|_| bad(0, "is malformed"))?;
+    for (index, item) in items.into_iter().enumerate() {
+        if item.contains(&0) {
+            return Err(bad(index, "contains a NUL byte"));
+        }
+        if std::str::from_utf8(item).is_err() {
+            return Err(bad(index, "is not valid UTF-8"));
+        }
+    }
+    Ok(())
 }
 
 /// Human form of declared dims, e.g. `[batch, 64]` or `[8]`.

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Reproduces the figures in docs/BENCHMARKS.md. On a 2-core machine the server is pinned to core 0 (ONNX Runtime with one
+# intra-op thread) and the load generator to core 1; the raw ONNX Runtime baseline runs on core 0 too.
+# Usage: bash scripts/bench.sh [OUT_DIR]   (writes one JSON file per scenario, prints a summary)
+# Optional: perf_analyzer figures when .venv-bench exists (see ../shared/TOOLS.md and docs/BENCHMARKS.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-target/bench}
+DUR=${DUR:-20s}
+mkdir -p "$OUT"
+bash scripts/setup.sh
+cargo build --release --quiet --bin sluice
+BIN=target/release/sluice
+SERVER=(taskset -c 0 "$BIN")
+CLIENT=(taskset -c 1 "$BIN")
+
+start_server() {
+  "${SERVER[@]}" serve --config config/sluice.toml --http 127.0.0.1:0 --log-format json >"$OUT/server.out" 2>"$OUT/server.log" &
+  SERVER_PID=$!
+  for _ in $(seq 1 100); do
+    ADDR=$(sed -n 's/^sluice listening http=//p' "$OUT/server.out")
+    [ -n "$ADDR" ] && return 0
+    sleep 0.1
+  done
+  echo "server did not start" >&2; exit 1
+}
+stop_server() { kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null || true; }
+trap stop_server EXIT
+
+echo "== raw ONNX Runtime baselines (core 0, 1 thread)"
+"${SERVER[@]}" bench --baseline -m wide --threads 1 -d 10s --json >"$OUT/baseline_wide.json"
+"${SERVER[@]}" bench --baseline -m identity --threads 1 -d 3s --batch-sizes 1 --json >"$OUT/baseline_identity.json"
+
+start_server
+URL="http://$ADDR"
+echo "== wide, concurrency 64 ($DUR)"
+"${CLIENT[@]}" bench --url "$URL" -m wide -c 64 -d "$DUR" --warmup 2s --json >"$OUT/wide_c64_json.json"
+"${CLIENT[@]}" bench --url "$URL" -m wide -c 64 -d "$DUR" --warmup 2s --binary --json >"$OUT/wide_c64_binary.json"
+echo "== identity, concurrency 1"
+"${CLIENT[@]}" bench --url "$URL" -m identity -c 1 -d 10s --client blocking --binary --json >"$OUT/identity_c1_blocking_binary.json"
+"${CLIENT[@]}" bench --url "$URL" -m identity -c 1 -d 10s --client blocking --json >"$OUT/identity_c1_blocking_json.json"
+"${CLIENT[@]}" bench --url "$URL" -m identity -c 1 -d 10s --binary --json >"$OUT/identity_c1_hyper_binary.json"
+echo "== wide, 3x overload (open loop at 3x the binary closed-loop throughput)"
+RATE=$(python3 -c "import json;print(round(3*json.load(open('$OUT/wide_c64_binary.json'))['throughput_rps']))")
+"${CLIENT[@]}" bench --url "$URL" -m wide --rate "$RATE" -d "$DUR" --warmup 0s --binary --json >"$OUT/wide_overload_3x.json"
+if [ -x .venv-bench/bin/perf_analyzer ]; then
+  echo "== perf_analyzer (tritonclient 2.40.0), wide, concurrency 64"
+  python3 -c "
+import json, random
+random.seed(1)
+json.dump({'data': [{'input': [random.uniform(-1, 1) for _ in range(512)]} for _ in range(16)]}, open('$OUT/wide_data.json', 'w'))"
+  LD_LIBRARY_PATH=$PWD/.venv-bench/lib/python3.11/site-packages/nvidia/cuda_runtime/lib \
+    taskset -c 1 .venv-bench/bin/perf_analyzer -m wide -u "$ADDR" -i http --concurrency-range 64 \
+    --measurement-interval 10000 --input-data "$OUT/wide_data.json" >"$OUT/perf_analyzer_wide_c64.txt" 2>&1 || true
+fi
+stop_server
+trap - EXIT
+python3 scripts/bench_summary.py "$OUT"

@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Prints the figures of scripts/bench.sh's JSON files as the tables of docs/BENCHMARKS.md, with the targets' ratios."""
+import json
+import os
+import re
+import sys
+
+out = sys.argv[1] if len(sys.argv) > 1 else "target/bench"
+
+
+def load(name):
+    path = os.path.join(out, name + ".json")
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+base_wide = load("baseline_wide")
+base_id = load("baseline_identity")
+print("| scenario | throughput (req/s) | p50 us | p90 us | p99 us | max us | statuses | server batches (mean rows) |")
+print("|---|---|---|---|---|---|---|---|")
+for name in ["wide_c64_json", "wide_c64_binary", "identity_c1_blocking_binary", "identity_c1_blocking_json",
+             "identity_c1_hyper_binary", "wide_overload_3x"]:
+    r = load(name)
+    if not r:
+        continue
+    l = r["latency_ok"] or {}
+    print(f"| {name} | {r['throughput_rps']:.1f} | {l.get('p50_us')} | {l.get('p90_us')} | {l.get('p99_us')} | {l.get('max_us')} "
+          f"| {r['status']} | {r['server_mean_batch_rows']:.1f} |")
+if base_wide:
+    print()
+    print("raw ONNX Runtime, wide, 1 thread: " + ", ".join(
+        f"b{x['batch']} {x['rows_per_s']:.0f} rows/s (p50 {x['latency']['p50_us']} us)" for x in base_wide["results"]))
+    best = base_wide["best_rows_per_s"]
+    full = [x for x in base_wide["results"] if x["batch"] == 64]
+    for name in ["wide_c64_json", "wide_c64_binary"]:
+        r = load(name)
+        if r:
+            print(f"{name}: {r['throughput_rows_per_s']:.0f} rows/s = {r['throughput_rows_per_s'] / best:.3f} x raw best ({best:.0f} rows/s); "
+                  f"p99 {r['latency_ok']['p99_us']} us vs budget max_queue_delay 5000 + 2 x full batch "
+                  f"{2 * full[0]['latency']['p50_us'] if full else '?'} us")
+if base_id:
+    ort = base_id["results"][0]["latency"]["p50_us"]
+    for name in ["identity_c1_blocking_binary", "identity_c1_blocking_json", "identity_c1_hyper_binary"]:
+        r = load(name)
+        if r:
+            print(f"{name}: p50 {r['latency_ok']['p50_us']} us - raw run p50 {ort} us = {r['latency_ok']['p50_us'] - ort} us added")
+over = load("wide_overload_3x")
+sat = load("wide_c64_binary")
+if over and sat:
+    rej = over["latency_rejected"] or {}
+    print(f"overload 3x ({over['rate_per_s']}/s): goodput {over['throughput_rps']:.0f} req/s = "
+          f"{over['throughput_rps'] / sat['throughput_rps']:.3f} x saturation ({sat['throughput_rps']:.0f}); "
+          f"accepted p99 {over['latency_ok']['p99_us']} us (queue timeout 1 s); rejections p50 {rej.get('p50_us')} us, p99 {rej.get('p99_us')} us")
+pa = os.path.join(out, "perf_analyzer_wide_c64.txt")
+if os.path.exists(pa):
+    text = open(pa).read()
+    m = re.search(r"Throughput: ([\d.]+) infer/sec.*?p50 latency: (\d+) usec.*?p99 latency: (\d+) usec", text, re.S)
+    if m:
+        print(f"perf_analyzer wide c64: {m.group(1)} infer/s, p50 {m.group(2)} us, p99 {m.group(3)} us")

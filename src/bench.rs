@@ -217,7 +217,10 @@ async fn get_json(client: &HttpClient, url: &str) -> Result<Value, String> {
 async fn batch_counts(client: &HttpClient, base: &str) -> BTreeMap<u64, u64> {
     let mut counts = BTreeMap::new();
     if let Ok(stats) = get_json(client, &format!("{base}/stats")).await {
-        for b in stats["model_stats"][0]["batch_stats"].as_array().into_iter().flatten() {
+        // Unversioned statistics list every version; requests without a version go to the highest.
+        let entries = stats["model_stats"].as_array().cloned().unwrap_or_default();
+        let served = entries.into_iter().max_by_key(|s| s["version"].as_str().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0));
+        for b in served.iter().flat_map(|s| s["batch_stats"].as_array().into_iter().flatten()) {
             if let (Some(size), Some(count)) = (b["batch_size"].as_u64(), b["compute_infer"]["count"].as_u64()) {
                 counts.insert(size, count);
             }

@@ -422,14 +422,14 @@ async fn timed_out_requests_are_answered_and_never_run() {
     // A longer request timeout does not raise the model's own.
     let capped = h.submit(4, 1, 2, None, Some(Duration::from_secs(3600)));
     match answer(short).await {
-        Err(ScheduleError::TimedOut { timeout_ms, .. }) => assert_eq!(timeout_ms, 30),
+        Err(ScheduleError::TimedOut { timeout, .. }) => assert_eq!(timeout, Duration::from_millis(30)),
         other => panic!("expected TimedOut, got {other:?}"),
     }
     for handle in [model_default, capped] {
         match answer(handle).await {
-            Err(ScheduleError::TimedOut { timeout_ms, waited_ms, .. }) => {
-                assert_eq!(timeout_ms, 300);
-                assert!(waited_ms >= 300, "waited {waited_ms} ms");
+            Err(ScheduleError::TimedOut { timeout, waited, .. }) => {
+                assert_eq!(timeout, Duration::from_millis(300));
+                assert!(waited >= Duration::from_millis(300), "waited {waited:?}");
             }
             other => panic!("expected TimedOut, got {other:?}"),
         }

@@ -24,8 +24,8 @@ use tokio::sync::oneshot;
 pub enum ScheduleError {
     #[error("model '{model}' is overloaded: its queue holds {requests} requests / {rows} rows (limits {max_requests} / {max_rows}); retry later")]
     QueueFull { model: String, requests: usize, rows: usize, max_requests: usize, max_rows: usize, retry_after: Duration },
-    #[error("request waited {waited_ms} ms in the queue of model '{model}', over its timeout of {timeout_ms} ms, and was not run")]
-    TimedOut { model: String, waited_ms: u64, timeout_ms: u64 },
+    #[error("request waited {waited:?} in the queue of model '{model}', over its timeout of {timeout:?}, and was not run")]
+    TimedOut { model: String, waited: Duration, timeout: Duration },
     #[error("model '{0}' is shutting down")]
     ShuttingDown(String),
     #[error("{rows} rows is over model '{model}' max_batch_size of {max}")]
@@ -127,8 +127,8 @@ impl Scheduler {
                     self.stats.record_timeout();
                     Err(ScheduleError::TimedOut {
                         model: model.into(),
-                        waited_ms: now.elapsed().as_millis() as u64,
-                        timeout_ms: timeout.as_millis() as u64,
+                        waited: now.elapsed(),
+                        timeout,
                     })
                 } else {
                     // Already running (or just expired by the batcher): its answer is on the way.

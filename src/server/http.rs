@@ -119,9 +119,11 @@ async fn all_stats(State(state): Shared) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "model_stats": state.repository.all().map(|m| metadata::stats(m)).collect::<Vec<_>>() }))
 }
 
+/// Without a version, statistics cover every loaded version of the model (as Triton's do).
 async fn model_stats(State(state): Shared, Path(model): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    let m = lookup(&state, &model, None)?;
-    Ok(Json(serde_json::json!({ "model_stats": [metadata::stats(&m)] })))
+    lookup(&state, &model, None)?;
+    let stats: Vec<serde_json::Value> = state.repository.all().filter(|m| m.name == model).map(|m| metadata::stats(m)).collect();
+    Ok(Json(serde_json::json!({ "model_stats": stats })))
 }
 
 async fn model_stats_v(State(state): Shared, Path((model, version)): Path<(String, String)>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -40,7 +40,8 @@ pub fn config(m: &ModelVersion) -> Value {
         "name": m.name,
         "platform": m.platform,
         "backend": "onnxruntime",
-        "version_policy": { "latest": { "num_versions": 1 } },
+        // Every version found on disk is served; the highest answers requests that name none.
+        "version_policy": { "all": {} },
         "max_batch_size": s.max_batch_size,
         "input": m.signature.inputs.iter().map(|t| config_tensor(t, batching)).collect::<Vec<_>>(),
         "output": m.signature.outputs.iter().map(|t| config_tensor(t, batching)).collect::<Vec<_>>(),

@@ -167,10 +167,14 @@ impl Server {
     }
 
     /// `model_stats[0]` of `/v2/models/{model}/stats`.
+    /// Statistics of the model's default (highest) version; the unversioned endpoint lists every version.
     pub async fn stats(&self, model: &str) -> Value {
         let r = self.get(&format!("/v2/models/{model}/stats")).await;
         assert_eq!(r.status, StatusCode::OK, "stats of {model}: {}", String::from_utf8_lossy(&r.body));
-        r.json()["model_stats"][0].clone()
+        let all = r.json()["model_stats"].as_array().cloned().unwrap_or_default();
+        all.into_iter()
+            .max_by_key(|s| s["version"].as_str().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+            .unwrap_or(Value::Null)
     }
 
     pub async fn shutdown(mut self) {

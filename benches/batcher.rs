@@ -29,6 +29,7 @@ fn settings() -> ModelSettings {
         queue_timeout: Duration::from_secs(10),
         priority_levels: 1,
         default_priority: 1,
+        instance_thread_nice: 0,
     }
 }
 

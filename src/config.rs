@@ -101,11 +101,20 @@ pub struct ModelDefaults {
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
     pub threads: usize,
+    /// Niceness of model instance threads (Linux), 0..=19. Above 0, the threads that parse requests, reject overload
+    /// and answer health probes win the CPU over model compute when they share cores; 0 turns it off.
+    pub instance_thread_nice: i32,
 }
 
 impl Default for ModelDefaults {
     fn default() -> Self {
-        ModelDefaults { max_batch_size: 32, queue_capacity: 1024, queue_timeout: Duration::from_secs(10), threads: 1 }
+        ModelDefaults {
+            max_batch_size: 32,
+            queue_capacity: 1024,
+            queue_timeout: Duration::from_secs(10),
+            threads: 1,
+            instance_thread_nice: 10,
+        }
     }
 }
 
@@ -173,6 +182,8 @@ pub struct ModelSettings {
     pub queue_timeout: Duration,
     pub priority_levels: u32,
     pub default_priority: u32,
+    /// See [`ModelDefaults::instance_thread_nice`].
+    pub instance_thread_nice: i32,
 }
 
 impl ModelFile {
@@ -242,6 +253,7 @@ impl ModelFile {
             queue_timeout,
             priority_levels,
             default_priority,
+            instance_thread_nice: defaults.instance_thread_nice,
         })
     }
 }
@@ -261,6 +273,9 @@ impl Config {
         }
         if self.server.max_tensor_elements == 0 {
             return Err(invalid("server.max_tensor_elements", "must be above zero"));
+        }
+        if !(0..=19).contains(&self.model_defaults.instance_thread_nice) {
+            return Err(invalid("model_defaults.instance_thread_nice", "must be between 0 and 19"));
         }
         if self.model_defaults.queue_capacity == 0 {
             return Err(invalid("model_defaults.queue_capacity", "must be at least 1"));

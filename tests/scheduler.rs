@@ -96,6 +96,7 @@ fn settings(max_batch_size: usize) -> ModelSettings {
         queue_timeout: Duration::from_secs(30),
         priority_levels: 1,
         default_priority: 1,
+        instance_thread_nice: 0,
     }
 }
 

@@ -68,7 +68,8 @@ impl Scheduler {
         let handoff = Arc::new(worker::Handoff::default());
         let permits = Arc::new(tokio::sync::Semaphore::new(instances.len()));
         for (index, instance) in instances.into_iter().enumerate() {
-            worker::spawn(format!("{model}#{index}"), instance, handoff.clone(), stats.clone(), signature.outputs.len());
+            let nice = settings.instance_thread_nice;
+            worker::spawn(format!("{model}#{index}"), instance, handoff.clone(), stats.clone(), signature.outputs.len(), nice);
         }
         tokio::spawn(batcher::run(queue.clone(), permits, handoff));
         Scheduler { queue, stats }

@@ -71,11 +71,37 @@ impl Handoff {
     }
 }
 
+/// Lowers the calling thread's CPU priority (Linux: per-thread niceness). Best effort: failure is logged, not fatal.
+fn lower_priority(nice: i32) {
+    if nice <= 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain syscalls on the calling thread's own id.
+        let result = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+        };
+        if result != 0 {
+            tracing::warn!(nice, error = %std::io::Error::last_os_error(), "cannot lower the instance thread's priority");
+        }
+    }
+}
+
 /// Starts the thread that owns `instance` and runs the jobs of `handoff` until it closes.
-pub fn spawn(name: String, mut instance: Box<dyn BackendInstance>, handoff: Arc<Handoff>, stats: Arc<ModelStats>, output_count: usize) {
+pub fn spawn(
+    name: String,
+    mut instance: Box<dyn BackendInstance>,
+    handoff: Arc<Handoff>,
+    stats: Arc<ModelStats>,
+    output_count: usize,
+    nice: i32,
+) {
     handoff.state.lock().takers += 1;
     let thread_handoff = handoff.clone();
     let spawned = std::thread::Builder::new().name(format!("sluice-{name}")).spawn(move || {
+        lower_priority(nice);
         while let Some(job) = thread_handoff.pop() {
             run_batch(instance.as_mut(), job, &stats, output_count);
         }

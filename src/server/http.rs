@@ -1,12 +1,10 @@
 //! The KServe V2 HTTP routes. Handlers decode, look the model up, validate, hand the request to the model's scheduler and
 //! encode the answer; every failure becomes an [`ApiError`] with a V2 error body.
 
-use super::{metadata, AppState};
+use super::{metadata, pipeline, AppState};
 use crate::protocol::json::{decode_request, encode_response, split_body, EncodeChoice};
-use crate::protocol::{ApiError, InferResponse, NamedTensor};
+use crate::protocol::ApiError;
 use crate::repository::ModelVersion;
-use crate::scheduler::Job;
-use crate::tensor::Tensor;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -186,10 +184,7 @@ async fn infer_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let m = lookup(state, model, version)?;
-    if !state.is_ready() || !m.is_ready() {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("model '{model}' is not ready")));
-    }
+    let m = pipeline::serving_model(state, model, version)?;
     if let Some(encoding) = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) {
         if !encoding.eq_ignore_ascii_case("identity") {
             return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Content-Encoding '{encoding}' is not supported")));
@@ -201,20 +196,8 @@ async fn infer_inner(
         Some(v) => Some(v.to_str().map_err(|_| ApiError::bad_request("Inference-Header-Content-Length is not ASCII"))?),
     };
     let (json, binary) = split_body(&body, header_length)?;
-    let request = decode_request(&json, binary, state.limits)?;
-    let selected = m.signature.select_outputs(&request.outputs)?;
-    let validated = m.signature.validate(request.inputs, m.settings.max_batch_size)?;
-    let job = Job { inputs: validated.tensors, rows: validated.rows, priority: request.params.priority, timeout: request.params.timeout };
-    let mut outputs: Vec<Option<Tensor>> = m.scheduler.infer(job).await?.into_iter().map(Some).collect();
-    let outputs: Vec<NamedTensor> = selected
-        .iter()
-        .map(|&i| {
-            let tensor = outputs.get_mut(i).and_then(Option::take);
-            tensor.map(|tensor| NamedTensor { name: m.signature.outputs[i].name.clone(), tensor })
-        })
-        .collect::<Option<_>>()
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the backend returned fewer outputs than the model declares"))?;
-    let response = InferResponse { model_name: m.name.clone(), model_version: m.version_string(), id: request.id, outputs };
+    let mut request = decode_request(&json, binary, state.limits)?;
+    let response = pipeline::infer(&m, &mut request, None).await?;
     let choice = EncodeChoice::for_request(&request.outputs, &request.params, &response);
     let encoded = encode_response(&response, &choice)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the response: {e}")))?;

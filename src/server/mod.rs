@@ -2,6 +2,7 @@
 
 pub mod http;
 mod metadata;
+pub mod pipeline;
 
 use crate::protocol::json::DecodeLimits;
 use axum::serve::ListenerExt;

@@ -13,6 +13,7 @@ use sluice::config::Config;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = Config::default();
     config.server.http = "127.0.0.1:0".parse()?;
+    config.server.grpc = "127.0.0.1:0".parse()?;
     config.server.models = concat!(env!("CARGO_MANIFEST_DIR"), "/models").into();
     let running = sluice::app::start(&config, std::future::pending()).await?;
     println!("serving on {}", running.http_addr);

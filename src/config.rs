@@ -43,6 +43,10 @@ impl Default for Config {
 pub struct ServerConfig {
     /// KServe V2 HTTP listener.
     pub http: SocketAddr,
+    /// KServe V2 gRPC listener (with gRPC health and reflection).
+    pub grpc: SocketAddr,
+    /// Largest gRPC message accepted or sent (RESOURCE_EXHAUSTED/OUT_OF_RANGE above it).
+    pub grpc_max_message_bytes: usize,
     /// The model repository.
     pub models: PathBuf,
     /// Largest request body accepted (413 above it).
@@ -55,6 +59,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             http: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            grpc: SocketAddr::from(([0, 0, 0, 0], 8001)),
+            grpc_max_message_bytes: 64 * 1024 * 1024,
             models: PathBuf::from("models"),
             max_body_bytes: 64 * 1024 * 1024,
             max_tensor_elements: 16 * 1024 * 1024,
@@ -270,6 +276,9 @@ impl Config {
         let invalid = |key: &'static str, message: &str| ConfigError::Invalid { path: path.into(), key, message: message.into() };
         if self.server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be above zero"));
+        }
+        if self.server.grpc_max_message_bytes == 0 {
+            return Err(invalid("server.grpc_max_message_bytes", "must be above zero"));
         }
         if self.server.max_tensor_elements == 0 {
             return Err(invalid("server.max_tensor_elements", "must be above zero"));

@@ -34,6 +34,9 @@ struct ServeArgs {
     /// HTTP listen address (overrides [server] http); port 0 picks a free port.
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// gRPC listen address (overrides [server] grpc); port 0 picks a free port.
+    #[arg(long)]
+    grpc: Option<SocketAddr>,
     /// Log format (overrides [logging] format).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -66,15 +69,18 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(http) = args.http {
         config.server.http = http;
     }
+    if let Some(grpc) = args.grpc {
+        config.server.grpc = grpc;
+    }
     if let Some(format) = args.log_format {
         config.logging.format = format;
     }
     sluice::logging::init(&config.logging);
     runtime()?.block_on(async {
         let running = sluice::app::start(&config, sluice::server::shutdown_signal()).await.map_err(|e| e.to_string())?;
-        tracing::info!(http = %running.http_addr, models = %config.server.models.display(), "sluice is serving");
+        tracing::info!(http = %running.http_addr, grpc = %running.grpc_addr, models = %config.server.models.display(), "sluice is serving");
         // A stable line on stdout for scripts and tests that start Sluice on port 0.
-        println!("sluice listening http={}", running.http_addr);
+        println!("sluice listening http={} grpc={}", running.http_addr, running.grpc_addr);
         running.wait().await.map_err(|e| format!("server error: {e}"))
     })
 }

@@ -49,8 +49,26 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<crate::protocol::json::DecodeError> for ApiError {
-    fn from(err: crate::protocol::json::DecodeError) -> ApiError {
+impl From<ApiError> for tonic::Status {
+    /// The gRPC status for each HTTP status Sluice produces; the message is the same text.
+    fn from(err: ApiError) -> tonic::Status {
+        use tonic::Code;
+        let code = match err.status {
+            StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE => Code::InvalidArgument,
+            StatusCode::NOT_FOUND => Code::NotFound,
+            StatusCode::PAYLOAD_TOO_LARGE => Code::ResourceExhausted,
+            StatusCode::TOO_MANY_REQUESTS => Code::ResourceExhausted,
+            StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
+            StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
+            StatusCode::METHOD_NOT_ALLOWED => Code::Unimplemented,
+            _ => Code::Internal,
+        };
+        tonic::Status::new(code, err.message)
+    }
+}
+
+impl From<crate::protocol::decode::DecodeError> for ApiError {
+    fn from(err: crate::protocol::decode::DecodeError) -> ApiError {
         ApiError::bad_request(err.to_string())
     }
 }

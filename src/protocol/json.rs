@@ -5,7 +5,9 @@
 //! JSON `data` is parsed straight into tensor bytes (nested or flat arrays alike), after the datatype and shape are known.
 
 use super::types::{InferRequest, InferResponse, NamedTensor, RequestParams, RequestedOutput};
-use crate::tensor::{append_byte_string, element_count, DataType, Tensor, TensorError};
+use super::decode::{checked_shape, parse_datatype};
+pub use super::decode::{DecodeError, DecodeLimits};
+use crate::tensor::{append_byte_string, DataType, Tensor};
 use bytes::{Bytes, BytesMut};
 use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -13,50 +15,6 @@ use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
-
-/// Limits applied while decoding, so that no request can make Sluice allocate without bound.
-#[derive(Clone, Copy, Debug)]
-pub struct DecodeLimits {
-    /// Largest element count of one input tensor.
-    pub max_elements: usize,
-}
-
-impl Default for DecodeLimits {
-    fn default() -> Self {
-        DecodeLimits { max_elements: 64 * 1024 * 1024 }
-    }
-}
-
-/// Why a request body could not be decoded. Every variant maps to 400.
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    #[error("malformed JSON request: {0}")]
-    Json(String),
-    #[error("invalid Inference-Header-Content-Length: {0}")]
-    HeaderLength(String),
-    #[error("input '{name}': unknown datatype '{datatype}' (expected one of BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64, BYTES)")]
-    UnknownDatatype { name: String, datatype: String },
-    #[error("input '{name}': {message}")]
-    Data { name: String, message: String },
-    #[error("input '{name}': {source}")]
-    Tensor { name: String, source: TensorError },
-    #[error("input '{name}': binary_data_size is {size} but only {left} bytes of binary data remain")]
-    BinaryShort { name: String, size: usize, left: usize },
-    #[error("{0} bytes of binary data follow the JSON header but no input claims them")]
-    BinaryLeftover(usize),
-    #[error("input '{name}' has neither 'data' nor 'parameters.binary_data_size'")]
-    NoData { name: String },
-    #[error("input '{name}' has both 'data' and 'parameters.binary_data_size'")]
-    BothData { name: String },
-    #[error("input '{name}': shape {shape:?} holds {count} elements, over the limit of {limit} (server.max_tensor_elements)")]
-    TooLarge { name: String, shape: Vec<usize>, count: String, limit: usize },
-    #[error("parameter '{name}': {message}")]
-    Parameter { name: String, message: String },
-    #[error("input '{0}' appears more than once")]
-    DuplicateInput(String),
-    #[error("output '{0}' is requested more than once")]
-    DuplicateOutput(String),
-}
 
 #[derive(Deserialize)]
 struct WireRequest<'a> {
@@ -73,7 +31,7 @@ struct WireRequest<'a> {
 #[derive(Deserialize)]
 struct WireInput<'a> {
     name: String,
-    shape: Vec<u64>,
+    shape: Vec<i64>,
     datatype: String,
     #[serde(default, borrow)]
     parameters: Option<HashMap<String, &'a RawValue>>,
@@ -132,20 +90,8 @@ pub fn decode_request(json: &[u8], binary: Bytes, limits: DecodeLimits) -> Resul
         if inputs.iter().any(|t: &NamedTensor| t.name == input.name) {
             return Err(DecodeError::DuplicateInput(input.name.clone()));
         }
-        let dtype = DataType::from_v2_name(&input.datatype)
-            .ok_or_else(|| DecodeError::UnknownDatatype { name: input.name.clone(), datatype: input.datatype.clone() })?;
-        let shape: Vec<usize> = input
-            .shape
-            .iter()
-            .map(|&d| usize::try_from(d))
-            .collect::<Result<_, _>>()
-            .map_err(|_| DecodeError::Data { name: input.name.clone(), message: "a dimension does not fit in memory".into() })?;
-        let count = element_count(&shape).filter(|&c| c <= limits.max_elements).ok_or_else(|| DecodeError::TooLarge {
-            name: input.name.clone(),
-            shape: shape.clone(),
-            count: element_count(&shape).map_or_else(|| "more than 2^64".to_string(), |c| c.to_string()),
-            limit: limits.max_elements,
-        })?;
+        let dtype = parse_datatype(&input.name, &input.datatype)?;
+        let (shape, count) = checked_shape(&input.name, input.shape.iter().map(|&d| d as i128), limits)?;
         let binary_size = param::<u64>(&input.parameters, "binary_data_size")
             .map_err(|e| DecodeError::Data { name: input.name.clone(), message: e.to_string() })?;
         let bytes = match (input.data, binary_size) {

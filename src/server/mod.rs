@@ -1,7 +1,9 @@
 //! Listeners: the KServe V2 HTTP server (axum on hyper) and its graceful shutdown.
 
+pub mod grpc;
+pub mod grpc_listener;
 pub mod http;
-mod metadata;
+pub(crate) mod metadata;
 pub mod pipeline;
 
 use crate::protocol::json::DecodeLimits;

@@ -97,9 +97,10 @@ pub struct Server {
     pub repo: Option<TempRepo>,
 }
 
-/// Starts the real server on 127.0.0.1:0 with `config` (its `server.http` is overridden).
+/// Starts the real server on 127.0.0.1:0 (HTTP and gRPC) with `config` (its listen addresses are overridden).
 pub async fn start_with(mut config: Config, repo: Option<TempRepo>) -> Server {
     config.server.http = "127.0.0.1:0".parse().unwrap();
+    config.server.grpc = "127.0.0.1:0".parse().unwrap();
     let running = sluice::app::start(&config, std::future::pending::<()>()).await.unwrap_or_else(|e| panic!("server start: {e}"));
     let addr = running.http_addr;
     Server { running: Some(running), addr, client: client(), repo }

@@ -1,0 +1,74 @@
+//! What both codecs (JSON/binary and gRPC) share when decoding a request: the errors, the allocation limits, and the
+//! checks of datatype names and shapes that come before any tensor memory is allocated.
+
+use crate::tensor::{element_count, DataType, TensorError};
+
+/// Limits applied while decoding, so that no request can make Sluice allocate without bound.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeLimits {
+    /// Largest element count of one input tensor.
+    pub max_elements: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits { max_elements: 64 * 1024 * 1024 }
+    }
+}
+
+/// Why a request body could not be decoded. Every variant maps to 400.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("malformed JSON request: {0}")]
+    Json(String),
+    #[error("invalid Inference-Header-Content-Length: {0}")]
+    HeaderLength(String),
+    #[error("input '{name}': unknown datatype '{datatype}' (expected one of BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64, BYTES)")]
+    UnknownDatatype { name: String, datatype: String },
+    #[error("input '{name}': {message}")]
+    Data { name: String, message: String },
+    #[error("input '{name}': {source}")]
+    Tensor { name: String, source: TensorError },
+    #[error("input '{name}': binary_data_size is {size} but only {left} bytes of binary data remain")]
+    BinaryShort { name: String, size: usize, left: usize },
+    #[error("{0} bytes of binary data follow the JSON header but no input claims them")]
+    BinaryLeftover(usize),
+    #[error("input '{name}' has neither 'data' nor 'parameters.binary_data_size'")]
+    NoData { name: String },
+    #[error("input '{name}' has both 'data' and 'parameters.binary_data_size'")]
+    BothData { name: String },
+    #[error("input '{name}': shape {shape:?} holds {count} elements, over the limit of {limit} (server.max_tensor_elements)")]
+    TooLarge { name: String, shape: Vec<usize>, count: String, limit: usize },
+    #[error("parameter '{name}': {message}")]
+    Parameter { name: String, message: String },
+    #[error("input '{0}' appears more than once")]
+    DuplicateInput(String),
+    #[error("output '{0}' is requested more than once")]
+    DuplicateOutput(String),
+}
+
+/// Parses a V2 datatype name for input `name`.
+pub fn parse_datatype(name: &str, datatype: &str) -> Result<DataType, DecodeError> {
+    DataType::from_v2_name(datatype).ok_or_else(|| DecodeError::UnknownDatatype { name: name.to_string(), datatype: datatype.to_string() })
+}
+
+/// Checks a wire shape (no negative dims, element count within the limit) and returns it with its element count.
+pub fn checked_shape(name: &str, dims: impl Iterator<Item = i128>, limits: DecodeLimits) -> Result<(Vec<usize>, usize), DecodeError> {
+    let shape: Vec<usize> = dims
+        .map(|d| {
+            usize::try_from(d).map_err(|_| DecodeError::Data {
+                name: name.to_string(),
+                message: format!("shape dimension {d} is not a valid size (dimensions must be 0 or more)"),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    match element_count(&shape) {
+        Some(count) if count <= limits.max_elements => Ok((shape, count)),
+        count => Err(DecodeError::TooLarge {
+            name: name.to_string(),
+            count: count.map_or_else(|| "more than 2^64".to_string(), |c| c.to_string()),
+            shape,
+            limit: limits.max_elements,
+        }),
+    }
+}

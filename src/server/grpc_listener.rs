@@ -1,0 +1,83 @@
+//! The gRPC listener: the inference service with message-size limits, `grpc.health.v1.Health` (the server as "" and
+//! each model by name, so Kubernetes gRPC probes can target either) and server reflection (v1 and v1alpha, for grpcurl).
+
+use super::grpc::InferenceService;
+use super::AppState;
+use crate::protocol::grpc::pb::grpc_inference_service_server::GrpcInferenceServiceServer;
+use crate::protocol::grpc::pb::FILE_DESCRIPTOR_SET;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_stream::StreamExt;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcStartError {
+    #[error("{0}")]
+    Bind(std::io::Error),
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+/// A bound gRPC server, not yet serving.
+pub struct GrpcServer {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    max_message_bytes: usize,
+}
+
+impl GrpcServer {
+    pub async fn bind(addr: SocketAddr, state: Arc<AppState>, max_message_bytes: usize) -> Result<GrpcServer, GrpcStartError> {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(GrpcStartError::Bind)?;
+        let addr = listener.local_addr().map_err(GrpcStartError::Bind)?;
+        Ok(GrpcServer { listener, addr, state, max_message_bytes })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    async fn set_health(reporter: &HealthReporter, state: &AppState, status: ServingStatus) {
+        reporter.set_service_status("", status).await;
+        reporter.set_service_status("inference.GRPCInferenceService", status).await;
+        for m in state.repository.all() {
+            let model_status = if status == ServingStatus::Serving && m.is_ready() { ServingStatus::Serving } else { ServingStatus::NotServing };
+            reporter.set_service_status(m.name.clone(), model_status).await;
+        }
+    }
+
+    /// Serves until `shutdown` resolves: health turns NOT_SERVING at once, then in-flight calls finish.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        Self::set_health(&reporter, &self.state, ServingStatus::Serving).await;
+        let reflection = |builder: tonic_reflection::server::Builder<'static>| {
+            builder
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1().map_err(std::io::Error::other)?;
+        let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure()).build_v1alpha().map_err(std::io::Error::other)?;
+        let inference = GrpcInferenceServiceServer::new(InferenceService::new(self.state.clone()))
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener).map(|conn| {
+            conn.inspect(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            })
+        });
+        let state = self.state.clone();
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(inference)
+            .serve_with_incoming_shutdown(incoming, async move {
+                shutdown.await;
+                state.begin_shutdown();
+                Self::set_health(&reporter, &state, ServingStatus::NotServing).await;
+            })
+            .await
+            .map_err(std::io::Error::other)
+    }
+}

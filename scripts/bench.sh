@@ -37,10 +37,12 @@ URL="http://$ADDR"
 echo "== wide, concurrency 64 ($DUR)"
 "${CLIENT[@]}" bench --url "$URL" -m wide -c 64 -d "$DUR" --warmup 2s --json >"$OUT/wide_c64_json.json"
 "${CLIENT[@]}" bench --url "$URL" -m wide -c 64 -d "$DUR" --warmup 2s --binary --json >"$OUT/wide_c64_binary.json"
+"${CLIENT[@]}" bench --url "http://$GRPC_ADDR" --protocol grpc -m wide -c 64 -d "$DUR" --warmup 2s --json >"$OUT/wide_c64_grpc.json"
 echo "== identity, concurrency 1"
 "${CLIENT[@]}" bench --url "$URL" -m identity -c 1 -d 10s --client blocking --binary --json >"$OUT/identity_c1_blocking_binary.json"
 "${CLIENT[@]}" bench --url "$URL" -m identity -c 1 -d 10s --client blocking --json >"$OUT/identity_c1_blocking_json.json"
 "${CLIENT[@]}" bench --url "$URL" -m identity -c 1 -d 10s --binary --json >"$OUT/identity_c1_hyper_binary.json"
+"${CLIENT[@]}" bench --url "http://$GRPC_ADDR" --protocol grpc -m identity -c 1 -d 10s --json >"$OUT/identity_c1_grpc.json"
 echo "== wide, 3x overload (open loop at 3x the binary closed-loop throughput)"
 RATE=$(python3 -c "import json;print(round(3*json.load(open('$OUT/wide_c64_binary.json'))['throughput_rps']))")
 "${CLIENT[@]}" bench --url "$URL" -m wide --rate "$RATE" -d "$DUR" --warmup 0s --binary --json >"$OUT/wide_overload_3x.json"
@@ -53,6 +55,17 @@ json.dump({'data': [{'input': [random.uniform(-1, 1) for _ in range(512)]} for _
   LD_LIBRARY_PATH=$PWD/.venv-bench/lib/python3.11/site-packages/nvidia/cuda_runtime/lib \
     taskset -c 1 .venv-bench/bin/perf_analyzer -m wide -u "$ADDR" -i http --concurrency-range 64 \
     --measurement-interval 10000 --input-data "$OUT/wide_data.json" >"$OUT/perf_analyzer_wide_c64.txt" 2>&1 || true
+  echo "== perf_analyzer, wide, concurrency 64, gRPC"
+  LD_LIBRARY_PATH=$PWD/.venv-bench/lib/python3.11/site-packages/nvidia/cuda_runtime/lib \
+    taskset -c 1 .venv-bench/bin/perf_analyzer -m wide -u "$GRPC_ADDR" -i grpc --concurrency-range 64 \
+    --measurement-interval 10000 --input-data "$OUT/wide_data.json" >"$OUT/perf_analyzer_wide_c64_grpc.txt" 2>&1 || true
+  echo "== perf_analyzer, identity, concurrency 1, HTTP and gRPC"
+  for proto in http grpc; do
+    addr=$ADDR; [ "$proto" = grpc ] && addr=$GRPC_ADDR
+    LD_LIBRARY_PATH=$PWD/.venv-bench/lib/python3.11/site-packages/nvidia/cuda_runtime/lib \
+      taskset -c 1 .venv-bench/bin/perf_analyzer -m identity -u "$addr" -i "$proto" --concurrency-range 1 \
+      --measurement-interval 5000 --input-data zero >"$OUT/perf_analyzer_identity_c1_$proto.txt" 2>&1 || true
+  done
 fi
 stop_server
 trap - EXIT

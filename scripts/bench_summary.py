@@ -17,8 +17,8 @@ base_wide = load("baseline_wide")
 base_id = load("baseline_identity")
 print("| scenario | throughput (req/s) | p50 us | p90 us | p99 us | max us | statuses | server batches (mean rows) |")
 print("|---|---|---|---|---|---|---|---|")
-for name in ["wide_c64_json", "wide_c64_binary", "identity_c1_blocking_binary", "identity_c1_blocking_json",
-             "identity_c1_hyper_binary", "wide_overload_3x"]:
+for name in ["wide_c64_json", "wide_c64_binary", "wide_c64_grpc", "identity_c1_blocking_binary", "identity_c1_blocking_json",
+             "identity_c1_hyper_binary", "identity_c1_grpc", "wide_overload_3x"]:
     r = load(name)
     if not r:
         continue
@@ -31,7 +31,7 @@ if base_wide:
         f"b{x['batch']} {x['rows_per_s']:.0f} rows/s (p50 {x['latency']['p50_us']} us)" for x in base_wide["results"]))
     best = base_wide["best_rows_per_s"]
     full = [x for x in base_wide["results"] if x["batch"] == 64]
-    for name in ["wide_c64_json", "wide_c64_binary"]:
+    for name in ["wide_c64_json", "wide_c64_binary", "wide_c64_grpc"]:
         r = load(name)
         if r:
             print(f"{name}: {r['throughput_rows_per_s']:.0f} rows/s = {r['throughput_rows_per_s'] / best:.3f} x raw best ({best:.0f} rows/s); "
@@ -39,7 +39,7 @@ if base_wide:
                   f"{2 * full[0]['latency']['p50_us'] if full else '?'} us")
 if base_id:
     ort = base_id["results"][0]["latency"]["p50_us"]
-    for name in ["identity_c1_blocking_binary", "identity_c1_blocking_json", "identity_c1_hyper_binary"]:
+    for name in ["identity_c1_blocking_binary", "identity_c1_blocking_json", "identity_c1_hyper_binary", "identity_c1_grpc"]:
         r = load(name)
         if r:
             print(f"{name}: p50 {r['latency_ok']['p50_us']} us - raw run p50 {ort} us = {r['latency_ok']['p50_us'] - ort} us added")
@@ -50,9 +50,15 @@ if over and sat:
     print(f"overload 3x ({over['rate_per_s']}/s): goodput {over['throughput_rps']:.0f} req/s = "
           f"{over['throughput_rps'] / sat['throughput_rps']:.3f} x saturation ({sat['throughput_rps']:.0f}); "
           f"accepted p99 {over['latency_ok']['p99_us']} us (queue timeout 1 s); rejections p50 {rej.get('p50_us')} us, p99 {rej.get('p99_us')} us")
-pa = os.path.join(out, "perf_analyzer_wide_c64.txt")
-if os.path.exists(pa):
-    text = open(pa).read()
-    m = re.search(r"Throughput: ([\d.]+) infer/sec.*?p50 latency: (\d+) usec.*?p99 latency: (\d+) usec", text, re.S)
-    if m:
-        print(f"perf_analyzer wide c64: {m.group(1)} infer/s, p50 {m.group(2)} us, p99 {m.group(3)} us")
+grpc = load("wide_c64_grpc")
+http = load("wide_c64_binary")
+if grpc and http:
+    print(f"wide c64: gRPC {grpc['throughput_rps']:.0f} req/s vs HTTP binary {http['throughput_rps']:.0f} req/s "
+          f"= {grpc['throughput_rps'] / http['throughput_rps']:.3f}")
+for name in ["perf_analyzer_wide_c64", "perf_analyzer_wide_c64_grpc", "perf_analyzer_identity_c1_http", "perf_analyzer_identity_c1_grpc"]:
+    pa = os.path.join(out, name + ".txt")
+    if os.path.exists(pa):
+        text = open(pa).read()
+        m = re.search(r"Throughput: ([\d.]+) infer/sec.*?p50 latency: (\d+) usec.*?p99 latency: (\d+) usec", text, re.S)
+        if m:
+            print(f"{name}: {m.group(1)} infer/s, p50 {m.group(2)} us, p99 {m.group(3)} us")

@@ -10,6 +10,7 @@
 
 use crate::backend::{onnx, BackendInstance, ModelSignature};
 use crate::config::{ModelDefaults, ModelFile};
+use crate::protocol::grpc::pb;
 use crate::protocol::json::write_tensor_data;
 use crate::tensor::{DataType, Tensor};
 use bytes::Bytes;
@@ -26,9 +27,12 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Server base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8000")]
-    pub url: String,
+    /// Server base URL (HTTP, or gRPC with `--protocol grpc`; default :8000 for HTTP, :8001 for gRPC).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Protocol: KServe V2 over `http` (JSON or binary extension) or `grpc` (raw tensor contents).
+    #[arg(long, value_enum, default_value = "http")]
+    pub protocol: Protocol,
     /// Model to load.
     #[arg(long, short)]
     pub model: String,
@@ -78,6 +82,12 @@ pub struct BenchArgs {
     /// Intra-op threads (baseline mode).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Grpc,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,34 +267,19 @@ async fn send(client: &HttpClient, uri: &hyper::Uri, body: &(Bytes, Option<usize
 }
 
 async fn load(args: &BenchArgs) -> Result<Value, String> {
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(4096).build(connector);
-    let base = match &args.version {
-        Some(v) => format!("{}/v2/models/{}/versions/{v}", args.url.trim_end_matches('/'), args.model),
-        None => format!("{}/v2/models/{}", args.url.trim_end_matches('/'), args.model),
+    let target = match args.protocol {
+        Protocol::Http => http_target(args).await?,
+        Protocol::Grpc => grpc_target(args).await?,
     };
-    let metadata = get_json(&client, &base).await?;
-    let config = get_json(&client, &format!("{base}/config")).await?;
-    let signature = parse_signature(&metadata)?;
-    let batching = config["max_batch_size"].as_u64().unwrap_or(0) > 0;
-    let mut rng = StdRng::seed_from_u64(args.seed);
-    let bodies: Arc<Vec<(Bytes, Option<usize>)>> = Arc::new(
-        (0..64)
-            .map(|_| random_inputs(&signature, batching, args.batch, &mut rng).map(|t| encode_request(&signature, &t, args.binary)))
-            .collect::<Result<_, _>>()?,
-    );
-    let uri: hyper::Uri = format!("{base}/infer").parse().map_err(|e| format!("bad URL: {e}"))?;
-
     // Warm-up (connections, caches), then measure.
     if !args.warmup.is_zero() {
-        run_phase(args, &client, &uri, &bodies, args.warmup, None).await;
+        run_phase(args, &target, args.warmup, None).await;
     }
-    let before = batch_counts(&client, &base).await;
+    let before = target.batch_counts().await;
     let started = Instant::now();
-    let samples = run_phase(args, &client, &uri, &bodies, args.duration, args.requests).await;
+    let samples = run_phase(args, &target, args.duration, args.requests).await;
     let elapsed = started.elapsed().as_secs_f64();
-    let after = batch_counts(&client, &base).await;
+    let after = target.batch_counts().await;
 
     let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
     let mut ok: Vec<u64> = Vec::new();
@@ -312,7 +307,8 @@ async fn load(args: &BenchArgs) -> Result<Value, String> {
         "concurrency": args.concurrency,
         "rate_per_s": args.rate,
         "batch": args.batch,
-        "encoding": if args.binary { "binary" } else { "json" },
+        "protocol": if args.protocol == Protocol::Grpc { "grpc" } else { "http" },
+        "encoding": if args.protocol == Protocol::Grpc { "raw" } else if args.binary { "binary" } else { "json" },
         "seconds": elapsed,
         "requests": samples.len(),
         "ok": ok.len(),
@@ -326,14 +322,155 @@ async fn load(args: &BenchArgs) -> Result<Value, String> {
     }))
 }
 
-async fn run_phase(
-    args: &BenchArgs,
-    client: &HttpClient,
-    uri: &hyper::Uri,
-    bodies: &Arc<Vec<(Bytes, Option<usize>)>>,
-    duration: Duration,
-    count: Option<u64>,
-) -> Vec<Sample> {
+/// Where the load goes, with its pre-built requests.
+#[derive(Clone)]
+enum Target {
+    Http { client: HttpClient, base: String, uri: hyper::Uri, bodies: Arc<Vec<(Bytes, Option<usize>)>> },
+    Grpc { clients: Arc<Vec<GrpcClient>>, model: String, version: String, requests: Arc<Vec<pb::ModelInferRequest>> },
+}
+
+type GrpcClient = pb::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>;
+
+async fn http_target(args: &BenchArgs) -> Result<Target, String> {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(4096).build(connector);
+    let url = args.url.clone().unwrap_or_else(|| "http://127.0.0.1:8000".into());
+    let base = match &args.version {
+        Some(v) => format!("{}/v2/models/{}/versions/{v}", url.trim_end_matches('/'), args.model),
+        None => format!("{}/v2/models/{}", url.trim_end_matches('/'), args.model),
+    };
+    let metadata = get_json(&client, &base).await?;
+    let config = get_json(&client, &format!("{base}/config")).await?;
+    let signature = parse_signature(&metadata)?;
+    let batching = config["max_batch_size"].as_u64().unwrap_or(0) > 0;
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let bodies = (0..64)
+        .map(|_| random_inputs(&signature, batching, args.batch, &mut rng).map(|t| encode_request(&signature, &t, args.binary)))
+        .collect::<Result<_, _>>()?;
+    let uri: hyper::Uri = format!("{base}/infer").parse().map_err(|e| format!("bad URL: {e}"))?;
+    Ok(Target::Http { client, base, uri, bodies: Arc::new(bodies) })
+}
+
+async fn grpc_target(args: &BenchArgs) -> Result<Target, String> {
+    if args.client == ClientKind::Blocking {
+        return Err("--client blocking is an HTTP client; use the default client with --protocol grpc".into());
+    }
+    let url = args.url.clone().unwrap_or_else(|| "http://127.0.0.1:8001".into());
+    // A few HTTP/2 connections, each multiplexing many calls.
+    let mut clients = Vec::new();
+    for _ in 0..args.concurrency.clamp(1, 4) {
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| format!("bad URL {url}: {e}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+        clients.push(GrpcClient::new(channel).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX));
+    }
+    let version = args.version.clone().unwrap_or_default();
+    let mut client = clients[0].clone();
+    let metadata = client
+        .model_metadata(pb::ModelMetadataRequest { name: args.model.clone(), version: version.clone() })
+        .await
+        .map_err(|e| format!("ModelMetadata: {}", e.message()))?
+        .into_inner();
+    let config = client
+        .model_config(pb::ModelConfigRequest { name: args.model.clone(), version: version.clone() })
+        .await
+        .map_err(|e| format!("ModelConfig: {}", e.message()))?
+        .into_inner();
+    let specs = |tensors: &[pb::model_metadata_response::TensorMetadata]| -> Result<Vec<crate::backend::TensorSpec>, String> {
+        tensors
+            .iter()
+            .map(|t| {
+                Ok(crate::backend::TensorSpec {
+                    name: t.name.clone(),
+                    dtype: DataType::from_v2_name(&t.datatype).ok_or_else(|| format!("unknown datatype {}", t.datatype))?,
+                    dims: t.shape.clone(),
+                })
+            })
+            .collect()
+    };
+    let signature = ModelSignature { inputs: specs(&metadata.inputs)?, outputs: specs(&metadata.outputs)? };
+    let batching = config.config.is_some_and(|c| c.max_batch_size > 0);
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut requests = Vec::new();
+    for _ in 0..64 {
+        let tensors = random_inputs(&signature, batching, args.batch, &mut rng)?;
+        requests.push(pb::ModelInferRequest {
+            model_name: args.model.clone(),
+            model_version: version.clone(),
+            inputs: signature
+                .inputs
+                .iter()
+                .zip(&tensors)
+                .map(|(spec, t)| pb::model_infer_request::InferInputTensor {
+                    name: spec.name.clone(),
+                    datatype: t.dtype().v2_name().into(),
+                    shape: t.shape().iter().map(|&d| d as i64).collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            raw_input_contents: tensors.iter().map(|t| t.data().clone()).collect(),
+            ..Default::default()
+        });
+    }
+    Ok(Target::Grpc { clients: Arc::new(clients), model: args.model.clone(), version, requests: Arc::new(requests) })
+}
+
+/// The HTTP status a gRPC code corresponds to, so both protocols report alike.
+fn grpc_status(code: tonic::Code) -> u16 {
+    match code {
+        tonic::Code::Ok => 200,
+        tonic::Code::InvalidArgument => 400,
+        tonic::Code::NotFound => 404,
+        tonic::Code::ResourceExhausted => 429,
+        tonic::Code::Unavailable => 503,
+        tonic::Code::DeadlineExceeded => 504,
+        _ => 500,
+    }
+}
+
+impl Target {
+    async fn send(&self, i: usize) -> Sample {
+        match self {
+            Target::Http { client, uri, bodies, .. } => send(client, uri, &bodies[i % bodies.len()]).await,
+            Target::Grpc { clients, requests, .. } => {
+                let started = Instant::now();
+                let mut client = clients[i % clients.len()].clone();
+                let status = match client.model_infer(requests[i % requests.len()].clone()).await {
+                    Ok(_) => 200,
+                    Err(status) => grpc_status(status.code()),
+                };
+                Sample { status, micros: started.elapsed().as_micros() as u64 }
+            }
+        }
+    }
+
+    /// Batch sizes the server ran: size -> batches, from the statistics extension of either protocol.
+    async fn batch_counts(&self) -> BTreeMap<u64, u64> {
+        match self {
+            Target::Http { client, base, .. } => batch_counts(client, base).await,
+            Target::Grpc { clients, model, version, .. } => {
+                let mut client = clients[0].clone();
+                let request = pb::ModelStatisticsRequest { name: model.clone(), version: version.clone() };
+                let mut counts = BTreeMap::new();
+                if let Ok(response) = client.model_statistics(request).await {
+                    let stats = response.into_inner().model_stats;
+                    if let Some(served) = stats.iter().max_by_key(|s| s.version.parse::<u64>().unwrap_or(0)) {
+                        for b in &served.batch_stats {
+                            counts.insert(b.batch_size, b.compute_infer.as_ref().map_or(0, |d| d.count));
+                        }
+                    }
+                }
+                counts
+            }
+        }
+    }
+}
+
+async fn run_phase(args: &BenchArgs, target: &Target, duration: Duration, count: Option<u64>) -> Vec<Sample> {
     let deadline = Instant::now() + duration;
     let mut tasks = Vec::new();
     if let Some(rate) = args.rate.filter(|r| *r > 0.0) {
@@ -345,16 +482,16 @@ async fn run_phase(
         while next < deadline {
             tokio::time::sleep_until(next.into()).await;
             let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
-            let (client, uri, bodies) = (client.clone(), uri.clone(), bodies.clone());
+            let target = target.clone();
             tasks.push(tokio::spawn(async move {
-                let s = send(&client, &uri, &bodies[i % bodies.len()]).await;
+                let s = target.send(i).await;
                 drop(permit);
                 vec![s]
             }));
             i += 1;
             next += interval;
         }
-    } else if args.client == ClientKind::Blocking {
+    } else if let (ClientKind::Blocking, Target::Http { uri, bodies, .. }) = (args.client, target) {
         let budget = Arc::new(std::sync::atomic::AtomicU64::new(count.unwrap_or(u64::MAX)));
         let threads: Vec<_> = (0..args.concurrency.max(1))
             .map(|c| {
@@ -372,7 +509,7 @@ async fn run_phase(
     } else {
         let budget = Arc::new(std::sync::atomic::AtomicU64::new(count.unwrap_or(u64::MAX)));
         for c in 0..args.concurrency.max(1) {
-            let (client, uri, bodies, budget) = (client.clone(), uri.clone(), bodies.clone(), budget.clone());
+            let (target, budget) = (target.clone(), budget.clone());
             tasks.push(tokio::spawn(async move {
                 let mut samples = Vec::new();
                 let mut i = c;
@@ -381,7 +518,7 @@ async fn run_phase(
                     if left.is_err() {
                         break;
                     }
-                    samples.push(send(&client, &uri, &bodies[i % bodies.len()]).await);
+                    samples.push(target.send(i).await);
                     i += 1;
                 }
                 samples

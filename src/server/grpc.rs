@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 /// Responses of one `ModelStreamInfer` call that may wait for the client to read them.
 const STREAM_BUFFER: usize = 256;
@@ -196,8 +197,7 @@ impl GrpcInferenceService for InferenceService {
     async fn model_infer(&self, request: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
         let deadline = grpc_timeout(request.metadata());
         let span = tracing::info_span!("infer", protocol = "grpc", model = %request.get_ref().model_name, request_id = %request.get_ref().id);
-        let _enter = span.enter();
-        match infer_one(&self.state, request.into_inner(), deadline).await {
+        match infer_one(&self.state, request.into_inner(), deadline).instrument(span).await {
             Ok(response) => Ok(Response::new(response)),
             Err(err) => {
                 if err.status.is_server_error() {

@@ -72,3 +72,29 @@ pub fn checked_shape(name: &str, dims: impl Iterator<Item = i128>, limits: Decod
         }),
     }
 }
+
+/// An integer that does not fit the tensor's integer data type.
+#[derive(Debug)]
+pub struct OutOfRange;
+
+/// Appends `v` as a little-endian element of the integer data type `dtype` (the one place where wire integers are
+/// narrowed). `Ok(false)` means `dtype` is not an integer type; `Err` means `v` does not fit it.
+pub fn append_integer(buf: &mut bytes::BytesMut, dtype: DataType, v: i128) -> Result<bool, OutOfRange> {
+    macro_rules! int {
+        ($t:ty) => {
+            buf.extend_from_slice(&<$t>::try_from(v).map_err(|_| OutOfRange)?.to_le_bytes())
+        };
+    }
+    match dtype {
+        DataType::U8 => int!(u8),
+        DataType::U16 => int!(u16),
+        DataType::U32 => int!(u32),
+        DataType::U64 => int!(u64),
+        DataType::I8 => int!(i8),
+        DataType::I16 => int!(i16),
+        DataType::I32 => int!(i32),
+        DataType::I64 => int!(i64),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}

@@ -3,7 +3,7 @@
 //! buffer) or typed contents; outputs always go back as raw contents (one entry per output, sharing the tensor's bytes),
 //! which is what Triton's clients read.
 
-use super::decode::{checked_shape, parse_datatype, DecodeError, DecodeLimits};
+use super::decode::{append_integer, checked_shape, parse_datatype, DecodeError, DecodeLimits};
 use super::types::{InferRequest, InferResponse, NamedTensor, RequestParams, RequestedOutput};
 use crate::tensor::{append_byte_string, DataType, Tensor};
 use bytes::{Bytes, BytesMut};
@@ -111,13 +111,22 @@ fn typed_contents(input: &InferInputTensor, dtype: DataType, count: usize) -> Re
             Err(data_err(format!("contents.{field} holds {len} elements but the shape needs {count}")))
         }
     };
-    macro_rules! narrow {
-        ($values:expr, $field:expr, $t:ty) => {{
+    macro_rules! integers {
+        ($values:expr, $field:expr) => {{
             check_len($field, $values.len())?;
-            let mut out = BytesMut::with_capacity(count * std::mem::size_of::<$t>());
-            for v in $values {
-                let x = <$t>::try_from(v).map_err(|_| data_err(format!("value {v} is out of range for {dtype}")))?;
-                out.extend_from_slice(&x.to_le_bytes());
+            let mut out = BytesMut::with_capacity(count * dtype.element_size().unwrap_or(1));
+            for &v in &$values {
+                append_integer(&mut out, dtype, v as i128).map_err(|_| data_err(format!("value {v} is out of range for {dtype}")))?;
+            }
+            out.freeze()
+        }};
+    }
+    macro_rules! floats {
+        ($values:expr, $field:expr) => {{
+            check_len($field, $values.len())?;
+            let mut out = BytesMut::with_capacity(count * dtype.element_size().unwrap_or(1));
+            for v in &$values {
+                out.extend_from_slice(&v.to_le_bytes());
             }
             out.freeze()
         }};
@@ -127,16 +136,12 @@ fn typed_contents(input: &InferInputTensor, dtype: DataType, count: usize) -> Re
             check_len("bool_contents", c.bool_contents.len())?;
             Bytes::from(c.bool_contents.iter().map(|&b| b as u8).collect::<Vec<u8>>())
         }
-        DataType::I8 => narrow!(c.int_contents, "int_contents", i8),
-        DataType::I16 => narrow!(c.int_contents, "int_contents", i16),
-        DataType::I32 => narrow!(c.int_contents, "int_contents", i32),
-        DataType::I64 => narrow!(c.int64_contents, "int64_contents", i64),
-        DataType::U8 => narrow!(c.uint_contents, "uint_contents", u8),
-        DataType::U16 => narrow!(c.uint_contents, "uint_contents", u16),
-        DataType::U32 => narrow!(c.uint_contents, "uint_contents", u32),
-        DataType::U64 => narrow!(c.uint64_contents, "uint64_contents", u64),
-        DataType::F32 => narrow!(c.fp32_contents, "fp32_contents", f32),
-        DataType::F64 => narrow!(c.fp64_contents, "fp64_contents", f64),
+        DataType::I8 | DataType::I16 | DataType::I32 => integers!(c.int_contents, "int_contents"),
+        DataType::I64 => integers!(c.int64_contents, "int64_contents"),
+        DataType::U8 | DataType::U16 | DataType::U32 => integers!(c.uint_contents, "uint_contents"),
+        DataType::U64 => integers!(c.uint64_contents, "uint64_contents"),
+        DataType::F32 => floats!(c.fp32_contents, "fp32_contents"),
+        DataType::F64 => floats!(c.fp64_contents, "fp64_contents"),
         DataType::F16 => return Err(data_err("FP16 data must be sent in raw_input_contents (it has no typed contents field)".into())),
         DataType::Bytes => {
             check_len("bytes_contents", c.bytes_contents.len())?;

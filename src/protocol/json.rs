@@ -5,7 +5,7 @@
 //! JSON `data` is parsed straight into tensor bytes (nested or flat arrays alike), after the datatype and shape are known.
 
 use super::types::{InferRequest, InferResponse, NamedTensor, RequestParams, RequestedOutput};
-use super::decode::{checked_shape, parse_datatype};
+use super::decode::{append_integer, checked_shape, parse_datatype, OutOfRange};
 pub use super::decode::{DecodeError, DecodeLimits};
 use crate::tensor::{append_byte_string, DataType, Tensor};
 use bytes::{Bytes, BytesMut};
@@ -181,26 +181,16 @@ impl DataSink {
 
     fn push_int<E: serde::de::Error>(&mut self, v: i128) -> Result<(), E> {
         self.admit()?;
-        macro_rules! int {
-            ($t:ty) => {{
-                let x = <$t>::try_from(v).map_err(|_| self.fail(format!("value {v} is out of range for {}", self.dtype)))?;
-                self.buf.extend_from_slice(&x.to_le_bytes());
-            }};
-        }
-        match self.dtype {
-            DataType::U8 => int!(u8),
-            DataType::U16 => int!(u16),
-            DataType::U32 => int!(u32),
-            DataType::U64 => int!(u64),
-            DataType::I8 => int!(i8),
-            DataType::I16 => int!(i16),
-            DataType::I32 => int!(i32),
-            DataType::I64 => int!(i64),
-            DataType::F16 => self.buf.extend_from_slice(&half::f16::from_f64(v as f64).to_le_bytes()),
-            DataType::F32 => self.buf.extend_from_slice(&(v as f32).to_le_bytes()),
-            DataType::F64 => self.buf.extend_from_slice(&(v as f64).to_le_bytes()),
-            DataType::Bool => return Err(self.fail(format!("BOOL data must be true or false, got {v}"))),
-            DataType::Bytes => return Err(self.fail(format!("BYTES data must be strings, got {v}"))),
+        match append_integer(&mut self.buf, self.dtype, v) {
+            Ok(true) => {}
+            Err(OutOfRange) => return Err(self.fail(format!("value {v} is out of range for {}", self.dtype))),
+            Ok(false) => match self.dtype {
+                DataType::F16 => self.buf.extend_from_slice(&half::f16::from_f64(v as f64).to_le_bytes()),
+                DataType::F32 => self.buf.extend_from_slice(&(v as f32).to_le_bytes()),
+                DataType::F64 => self.buf.extend_from_slice(&(v as f64).to_le_bytes()),
+                DataType::Bool => return Err(self.fail(format!("BOOL data must be true or false, got {v}"))),
+                _ => return Err(self.fail(format!("BYTES data must be strings, got {v}"))),
+            },
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! malformed structure) returns `None`, and the caller falls back to the serde path, which produces the precise error.
 //! Encoding: numbers are written with `ryu`/`itoa` into the output buffer, without serde's per-element machinery.
 
+use super::decode::append_integer;
 use crate::tensor::{DataType, Tensor};
 use bytes::BytesMut;
 
@@ -106,22 +107,8 @@ fn push_number(s: &[u8], dtype: DataType, out: &mut BytesMut) -> Option<usize> {
         }
         _ => {
             let (v, n) = parse_integer(s)?;
-            macro_rules! int {
-                ($t:ty) => {
-                    out.extend_from_slice(&<$t>::try_from(v).ok()?.to_le_bytes())
-                };
-            }
-            match dtype {
-                DataType::U8 => int!(u8),
-                DataType::U16 => int!(u16),
-                DataType::U32 => int!(u32),
-                DataType::U64 => int!(u64),
-                DataType::I8 => int!(i8),
-                DataType::I16 => int!(i16),
-                DataType::I32 => int!(i32),
-                DataType::I64 => int!(i64),
-                _ => return None,
-            }
+            // Out of range or not an integer type: the general path says which.
+            append_integer(out, dtype, v).ok().filter(|&appended| appended)?;
             Some(n)
         }
     }

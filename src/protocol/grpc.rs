@@ -36,7 +36,18 @@ fn integer_param(params: &HashMap<String, pb::InferParameter>, name: &str) -> Re
         None => Ok(None),
         Some(ParameterChoice::Uint64Param(v)) => Ok(Some(*v)),
         Some(ParameterChoice::Int64Param(v)) => u64::try_from(*v).map(Some).map_err(|_| bad(format!("must not be negative, got {v}"))),
-        Some(other) => Err(bad(format!("expected int64_param or uint64_param, got {other:?}"))),
+        Some(other) => Err(bad(format!("expected int64_param or uint64_param, got {}", param_kind(other)))),
+    }
+}
+
+/// The proto field name of a parameter's value, for error messages.
+fn param_kind(choice: &ParameterChoice) -> &'static str {
+    match choice {
+        ParameterChoice::BoolParam(_) => "bool_param",
+        ParameterChoice::Int64Param(_) => "int64_param",
+        ParameterChoice::StringParam(_) => "string_param",
+        ParameterChoice::DoubleParam(_) => "double_param",
+        ParameterChoice::Uint64Param(_) => "uint64_param",
     }
 }
 
@@ -68,7 +79,10 @@ pub fn decode_request(req: pb::ModelInferRequest, limits: DecodeLimits) -> Resul
         let bytes = match raw.get(i) {
             Some(bytes) => {
                 if input.contents.is_some() {
-                    return Err(DecodeError::BothData { name: input.name });
+                    return Err(DecodeError::Data {
+                        name: input.name,
+                        message: "has both typed contents and a raw_input_contents entry (send one or the other)".into(),
+                    });
                 }
                 bytes.clone()
             }
@@ -106,7 +120,7 @@ fn typed_contents(input: &InferInputTensor, dtype: DataType, count: usize) -> Re
         if len == count {
             Ok(())
         } else if len == 0 && input.contents.is_none() {
-            Err(DecodeError::NoData { name: name.clone() })
+            Err(data_err("has neither typed contents nor a raw_input_contents entry".into()))
         } else {
             Err(data_err(format!("contents.{field} holds {len} elements but the shape needs {count}")))
         }

@@ -47,7 +47,7 @@ pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration>
 
 /// The transport cancels a call when its deadline passes; answering a little before gives the client a precise
 /// DEADLINE_EXCEEDED instead of a bare cancellation.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(1);
+const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
 
 /// One inference through the shared pipeline, with the gRPC deadline counted from arrival (queue time included).
 async fn infer_one(state: &AppState, req: pb::ModelInferRequest, deadline: Option<Duration>) -> Result<pb::ModelInferResponse, ApiError> {
@@ -55,10 +55,11 @@ async fn infer_one(state: &AppState, req: pb::ModelInferRequest, deadline: Optio
     let m = pipeline::serving_model(state, &decoded.model, decoded.version.as_deref())?;
     let mut request = decoded.request;
     let budget = deadline.map(|d| d.saturating_sub(DEADLINE_MARGIN));
-    let run = pipeline::infer(&m, &mut request, budget);
+    let run = pipeline::infer(state, &m, &mut request, budget);
     let response = match budget {
         None => run.await?,
         Some(budget) => tokio::time::timeout(budget, run).await.map_err(|_| {
+            let deadline = deadline.unwrap_or(budget);
             ApiError::new(axum::http::StatusCode::GATEWAY_TIMEOUT, format!("the request's deadline of {deadline:?} passed while model '{}' ran it", m.name))
         })??,
     };
@@ -217,7 +218,13 @@ impl GrpcInferenceService for InferenceService {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ModelStreamInferResponse, Status>>(STREAM_BUFFER);
         let state = self.state.clone();
         tokio::spawn(async move {
-            while let Some(next) = inbound.next().await {
+            loop {
+                // Once shutdown begins the stream takes no more requests; it ends when those in flight are answered.
+                let next = tokio::select! {
+                    next = inbound.next() => next,
+                    _ = state.shutdown_begun() => break,
+                };
+                let Some(next) = next else { break };
                 let req = match next {
                     Ok(req) => req,
                     Err(status) => {

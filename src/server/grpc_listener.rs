@@ -7,9 +7,15 @@ use crate::protocol::grpc::pb::grpc_inference_service_server::GrpcInferenceServi
 use crate::protocol::grpc::pb::FILE_DESCRIPTOR_SET;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
+
+/// Longest wait at shutdown for in-flight inferences before the remaining gRPC connections are closed.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+/// After the last inference is answered, how long open streams get to end on their own (so their last answers flush).
+const STREAM_LINGER: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrpcStartError {
@@ -67,17 +73,39 @@ impl GrpcServer {
             })
         });
         let state = self.state.clone();
-        tonic::transport::Server::builder()
+        let mut stop = Box::pin(shutdown);
+        let (graceful_tx, graceful_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(inference)
             .serve_with_incoming_shutdown(incoming, async move {
-                shutdown.await;
-                state.begin_shutdown();
-                Self::set_health(&reporter, &state, ServingStatus::NotServing).await;
-            })
-            .await
-            .map_err(std::io::Error::other)
+                let _ = graceful_rx.await;
+            });
+        tokio::pin!(server);
+        tokio::select! {
+            ended = &mut server => return ended.map_err(std::io::Error::other),
+            _ = &mut stop => {}
+        }
+        state.begin_shutdown();
+        Self::set_health(&reporter, &state, ServingStatus::NotServing).await;
+        let _ = graceful_tx.send(());
+        // Graceful: unary calls and open inference streams finish what they hold. Streams that never end on their own
+        // (health watches, idle clients) are closed once no inference is in flight, within the drain limit.
+        let drained = async {
+            tokio::select! {
+                ended = &mut server => Some(ended),
+                _ = state.idle() => None,
+            }
+        };
+        if let Ok(Some(ended)) = tokio::time::timeout(DRAIN_LIMIT, drained).await {
+            return ended.map_err(std::io::Error::other);
+        }
+        match tokio::time::timeout(STREAM_LINGER, &mut server).await {
+            Ok(ended) => ended.map_err(std::io::Error::other),
+            // Dropping the server future closes the remaining connections.
+            Err(_) => Ok(()),
+        }
     }
 }

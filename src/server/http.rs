@@ -197,7 +197,7 @@ async fn infer_inner(
     };
     let (json, binary) = split_body(&body, header_length)?;
     let mut request = decode_request(&json, binary, state.limits)?;
-    let response = pipeline::infer(&m, &mut request, None).await?;
+    let response = pipeline::infer(state, &m, &mut request, None).await?;
     let choice = EncodeChoice::for_request(&request.outputs, &request.params, &response);
     let encoded = encode_response(&response, &choice)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the response: {e}")))?;

@@ -1,4 +1,4 @@
-//! Listeners: the KServe V2 HTTP server (axum on hyper) and its graceful shutdown.
+//! Listeners: the KServe V2 HTTP server (axum on hyper), the gRPC server (tonic), and their graceful shutdown.
 
 pub mod grpc;
 pub mod grpc_listener;
@@ -7,32 +7,78 @@ pub(crate) mod metadata;
 pub mod pipeline;
 
 use crate::protocol::json::DecodeLimits;
-use axum::serve::ListenerExt;
 use crate::repository::Repository;
+use axum::serve::ListenerExt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use tokio::sync::{watch, Notify};
 
 /// What every handler shares.
 pub struct AppState {
     pub repository: Arc<Repository>,
     pub limits: DecodeLimits,
     pub max_body_bytes: usize,
-    shutting_down: AtomicBool,
+    shutting_down: watch::Sender<bool>,
+    /// Inferences between admission and answer, on any protocol.
+    in_flight: AtomicUsize,
+    idle: Notify,
 }
 
 impl AppState {
     pub fn new(repository: Arc<Repository>, limits: DecodeLimits, max_body_bytes: usize) -> AppState {
-        AppState { repository, limits, max_body_bytes, shutting_down: AtomicBool::new(false) }
+        AppState {
+            repository,
+            limits,
+            max_body_bytes,
+            shutting_down: watch::Sender::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }
     }
 
     /// Ready means: not shutting down and every model loaded and ready.
     pub fn is_ready(&self) -> bool {
-        !self.shutting_down.load(Ordering::Acquire) && self.repository.is_ready()
+        !*self.shutting_down.borrow() && self.repository.is_ready()
     }
 
+    /// Readiness turns false at once; new inferences get 503 / UNAVAILABLE; in-flight ones finish.
     pub fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::Release);
+        self.shutting_down.send_replace(true);
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn shutdown_begun(&self) {
+        let mut rx = self.shutting_down.subscribe();
+        let _ = rx.wait_for(|begun| *begun).await;
+    }
+
+    /// Counts an inference as in flight until the returned guard drops.
+    pub fn track_inference(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self)
+    }
+
+    /// Resolves when no inference is in flight.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// An inference in flight (see [`AppState::track_inference`]).
+pub struct InFlight<'a>(&'a AppState);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 

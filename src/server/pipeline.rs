@@ -21,7 +21,8 @@ pub fn serving_model(state: &AppState, model: &str, version: Option<&str>) -> Re
 
 /// Runs a decoded request on `m`. `deadline` (e.g. gRPC's `grpc-timeout`) lowers the queue timeout like the V2
 /// `timeout` parameter does. The request's `outputs` and `params` are only read, so callers can still use them to encode.
-pub async fn infer(m: &ModelVersion, request: &mut InferRequest, deadline: Option<Duration>) -> Result<InferResponse, ApiError> {
+pub async fn infer(state: &AppState, m: &ModelVersion, request: &mut InferRequest, deadline: Option<Duration>) -> Result<InferResponse, ApiError> {
+    let _in_flight = state.track_inference();
     let selected = m.signature.select_outputs(&request.outputs)?;
     let validated = m.signature.validate(std::mem::take(&mut request.inputs), m.settings.max_batch_size)?;
     let timeout = match (request.params.timeout, deadline) {

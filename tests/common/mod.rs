@@ -91,7 +91,10 @@ impl Reply {
 /// The server under test plus a client for it.
 pub struct Server {
     pub running: Option<Running>,
+    /// The HTTP listener.
     pub addr: SocketAddr,
+    /// The gRPC listener (KServe V2 gRPC, health, reflection).
+    pub grpc_addr: SocketAddr,
     pub client: HttpClient,
     /// Keeps a temporary repository alive while the server runs.
     pub repo: Option<TempRepo>,
@@ -102,8 +105,8 @@ pub async fn start_with(mut config: Config, repo: Option<TempRepo>) -> Server {
     config.server.http = "127.0.0.1:0".parse().unwrap();
     config.server.grpc = "127.0.0.1:0".parse().unwrap();
     let running = sluice::app::start(&config, std::future::pending::<()>()).await.unwrap_or_else(|e| panic!("server start: {e}"));
-    let addr = running.http_addr;
-    Server { running: Some(running), addr, client: client(), repo }
+    let (addr, grpc_addr) = (running.http_addr, running.grpc_addr);
+    Server { running: Some(running), addr, grpc_addr, client: client(), repo }
 }
 
 /// Starts the server on a temporary repository.

@@ -117,3 +117,106 @@ def onnx_initializers(model, version=1):
 
     m = onnx.load(os.path.join(MODELS, model, str(version), "model.onnx"))
     return {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+
+
+# ---------------------------------------------------------------- gRPC (tritonclient.grpc and the generated stubs)
+# tritonclient.grpc is imported inside the functions, so the HTTP tests still run where the gRPC client is missing.
+
+# V2 datatype -> the typed `contents` field of InferTensorContents that carries it (FP16 has none: raw only).
+TYPED_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def v2_datatype(array):
+    return "BYTES" if array.dtype == np.object_ else np_to_v2(array.dtype)
+
+
+def grpc_input(name, array, datatype=None):
+    """A tritonclient.grpc InferInput carrying `array` (sent as raw_input_contents)."""
+    import tritonclient.grpc as grpcclient
+
+    inp = grpcclient.InferInput(name, list(array.shape), datatype or v2_datatype(array))
+    inp.set_data_from_numpy(array)
+    return inp
+
+
+def grpc_outputs(names, **kwargs):
+    import tritonclient.grpc as grpcclient
+
+    return [grpcclient.InferRequestedOutput(n, **kwargs) for n in names]
+
+
+def tensor_bytes(array):
+    """The V2 raw (binary) encoding of an array: little-endian elements, or 4-byte-length-prefixed items for BYTES."""
+    if array.dtype == np.object_:
+        from tritonclient.utils import serialize_byte_tensor
+
+        return serialize_byte_tensor(as_bytes_array(array)).item() if array.size else b""
+    return np.ascontiguousarray(array).tobytes()  # x86-64 and aarch64 are little-endian
+
+
+def grpc_raw_outputs(result):
+    """name -> raw bytes of every output of a tritonclient.grpc InferResult (or a ModelInferResponse)."""
+    response = result.get_response() if hasattr(result, "get_response") else result
+    assert len(response.raw_output_contents) == len(response.outputs), "one raw_output_contents entry per output"
+    return {o.name: bytes(raw) for o, raw in zip(response.outputs, response.raw_output_contents)}
+
+
+def infer_request(model, arrays, typed=False, version="", request_id="", outputs=(), parameters=None):
+    """A ModelInferRequest (generated stubs) for `arrays` (name -> numpy array): each input as raw_input_contents, or as
+    typed `contents` where `typed` says so (True: every input; or a collection of input names). `parameters`: name ->
+    int (int64_param), str (string_param) or bool (bool_param)."""
+    from tritonclient.grpc import service_pb2
+
+    req = service_pb2.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    for name, array in arrays.items():
+        t = req.inputs.add()
+        t.name, t.datatype = name, v2_datatype(array)
+        t.shape.extend(array.shape)
+        if typed is True or (typed and name in typed):
+            values = array.reshape(-1).tolist()
+            getattr(t.contents, TYPED_FIELD[t.datatype]).extend(values)
+        else:
+            req.raw_input_contents.append(tensor_bytes(array))
+    for name in outputs:
+        req.outputs.add().name = name
+    for key, value in (parameters or {}).items():
+        param = req.parameters[key]
+        if isinstance(value, bool):
+            param.bool_param = value
+        elif isinstance(value, int):
+            param.int64_param = value
+        else:
+            param.string_param = value
+    return req
+
+
+def expect_grpc_error(fn, code, *fragments):
+    """Calls fn, which must raise tritonclient's InferenceServerException (or a grpc.RpcError from the stubs) with gRPC
+    status `code` (e.g. "INVALID_ARGUMENT") and a message containing every fragment; returns the message."""
+    import grpc
+
+    try:
+        fn()
+    except InferenceServerException as err:
+        status, message = err.status(), err.message() or ""
+    except grpc.RpcError as err:
+        status, message = str(err.code()), err.details() or ""
+    else:
+        pytest.fail(f"no error; expected {code}")
+    assert status == f"StatusCode.{code}", f"status {status!r}, expected {code}: {message}"
+    for fragment in fragments:
+        assert fragment.lower() in message.lower(), f"{fragment!r} not in error message {message!r}"
+    return message

@@ -734,10 +734,10 @@ async fn metadata_config_statistics_and_readiness_agree_with_http() {
         let r = pb::ModelReadyRequest { name: name.into(), version: version.into() };
         async move { client.model_ready(r).await.map(|r| r.into_inner().ready) }
     };
-    assert_eq!(ready("fraud_mlp", "1").await.unwrap(), true);
-    assert_eq!(ready("fraud_mlp", "9").await.unwrap(), false, "unknown version: not ready");
-    assert_eq!(ready("fraud_mlp", "x").await.unwrap(), false, "bad version: not ready");
-    assert_eq!(ready("nope", "").await.unwrap(), false, "unknown model: not ready, not an error");
+    assert!(ready("fraud_mlp", "1").await.unwrap());
+    assert!(!ready("fraud_mlp", "9").await.unwrap(), "unknown version: not ready");
+    assert!(!ready("fraud_mlp", "x").await.unwrap(), "bad version: not ready");
+    assert!(!ready("nope", "").await.unwrap(), "unknown model: not ready, not an error");
     for (name, version, code, word) in [("nope", "", Code::NotFound, "unknown model 'nope'"), ("fraud_mlp", "9", Code::NotFound, "no version 9"), ("fraud_mlp", "x", Code::InvalidArgument, "'x' is not a model version")] {
         let e = client.model_metadata(pb::ModelMetadataRequest { name: name.into(), version: version.into() }).await.unwrap_err();
         assert_eq!((e.code(), e.message().contains(word)), (code, true), "metadata {name}/{version}: {e:?}");
@@ -1008,7 +1008,7 @@ async fn bad_requests_get_exact_codes_and_messages_that_name_the_problem() {
     // A message just under the limit passes.
     let rows = 60;
     let under = input("input", "FP32", &[rows, 256], f32_data(&vec![1.5; rows as usize * 256]));
-    assert_eq!(grpc_infer(&mut client, "identity", None, &[under.clone()], false).await[0].data, under.data);
+    assert_eq!(grpc_infer(&mut client, "identity", None, std::slice::from_ref(&under), false).await[0].data, under.data);
     // Nothing refused ran.
     let stats = server.stats("fraud_mlp").await;
     assert_eq!(stats["inference_stats"]["fail"]["count"], 0);
@@ -1145,7 +1145,7 @@ async fn a_full_queue_answers_resource_exhausted_and_every_admitted_request_is_c
     server.shutdown().await;
 }
 
-/// `grpc-timeout` is the request's deadline, queue time included. The server answers DEADLINE_EXCEEDED 1 ms before it
+/// `grpc-timeout` is the request's deadline, queue time included. The server answers DEADLINE_EXCEEDED a little before it
 /// passes, but tonic's client runs its own timer on the same deadline and reports CANCELLED ("Timeout expired") when
 /// that fires first: both outcomes are accepted and counted; neither may run the request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -214,33 +214,6 @@ fn all_types_values() -> Vec<(&'static str, &'static str, Value)> {
     ]
 }
 
-/// The little-endian V2 bytes of JSON `data` of `datatype`.
-fn v2_bytes(datatype: &str, data: &Value) -> Vec<u8> {
-    let mut out = Vec::new();
-    for v in data.as_array().unwrap() {
-        match datatype {
-            "BOOL" => out.push(v.as_bool().unwrap() as u8),
-            "INT8" => out.extend((v.as_i64().unwrap() as i8).to_le_bytes()),
-            "INT16" => out.extend((v.as_i64().unwrap() as i16).to_le_bytes()),
-            "INT32" => out.extend((v.as_i64().unwrap() as i32).to_le_bytes()),
-            "INT64" => out.extend(v.as_i64().unwrap().to_le_bytes()),
-            "UINT8" => out.extend((v.as_u64().unwrap() as u8).to_le_bytes()),
-            "UINT16" => out.extend((v.as_u64().unwrap() as u16).to_le_bytes()),
-            "UINT32" => out.extend((v.as_u64().unwrap() as u32).to_le_bytes()),
-            "UINT64" => out.extend(v.as_u64().unwrap().to_le_bytes()),
-            "FP16" => out.extend(half::f16::from_f64(v.as_f64().unwrap()).to_le_bytes()),
-            "FP32" => out.extend((v.as_f64().unwrap() as f32).to_le_bytes()),
-            "FP64" => out.extend(v.as_f64().unwrap().to_le_bytes()),
-            "BYTES" => {
-                let s = v.as_str().unwrap().as_bytes();
-                out.extend((s.len() as u32).to_le_bytes());
-                out.extend(s);
-            }
-            other => panic!("{other}"),
-        }
-    }
-    out
-}
 
 /// An all_types request with every input of shape [2, 3]; binary inputs when `binary` (returns the binary section).
 fn all_types_request(binary: bool) -> (Value, Vec<u8>) {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # README command 2: the whole test suite. Sets up what is missing (ONNX Runtime, demo models, the Python test clients),
-# runs the Rust unit and integration tests, then the conformance tests with real third-party clients (tests/python/).
+# runs the Rust unit and integration tests, then the conformance tests with real third-party clients (tests/python/,
+# and Triton's perf_analyzer, which needs Debian's libb64-0d: .ci/run installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
@@ -10,3 +11,5 @@ cargo test --all-targets --quiet
 echo "== python conformance tests (tritonclient)" >&2
 cargo build --quiet --bin sluice
 SLUICE_BIN="$PWD/target/debug/sluice" .venv/bin/python -m pytest -q tests/python
+echo "== Triton's perf_analyzer against sluice (HTTP, gRPC, gRPC streaming)" >&2
+SLUICE_BIN="$PWD/target/debug/sluice" bash tests/perf_analyzer_smoke.sh

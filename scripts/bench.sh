@@ -15,7 +15,7 @@ SERVER=(taskset -c 0 "$BIN")
 CLIENT=(taskset -c 1 "$BIN")
 
 start_server() {
-  "${SERVER[@]}" serve --config config/sluice.toml --http 127.0.0.1:0 --grpc 127.0.0.1:0 --log-format json >"$OUT/server.out" 2>"$OUT/server.log" &
+  "${SERVER[@]}" serve --config config/sluice.toml --http 127.0.0.1:0 --grpc 127.0.0.1:0 --admin 127.0.0.1:0 --scaler 127.0.0.1:0 --log-format json >"$OUT/server.out" 2>"$OUT/server.log" &
   SERVER_PID=$!
   for _ in $(seq 1 100); do
     ADDR=$(sed -n 's/^sluice listening http=\([^ ]*\).*/\1/p' "$OUT/server.out")

@@ -3,8 +3,13 @@
 
 use crate::backend::onnx;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::protocol::json::DecodeLimits;
 use crate::repository::{Repository, RepositoryError};
+use crate::scaling::signal::{self, Formula};
+use crate::scaling::keda::KedaServer;
+use crate::scaling::{oci, ScalingSnapshot};
+use crate::server::admin::{AdminServer, AdminState};
 use crate::server::{grpc_listener, AppState, HttpServer};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,15 +26,27 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot set up the gRPC server: {0}")]
     Grpc(String),
+    #[error(transparent)]
+    Oci(#[from] crate::scaling::oci::OciError),
 }
 
 /// A running server: its addresses, and a handle to stop it.
 pub struct Running {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// `/metrics` and `/scaling`; `None` when `[admin] enabled = false`.
+    pub admin_addr: Option<SocketAddr>,
+    /// KEDA's external scaler; `None` when `[scaling.keda] enabled = false`.
+    pub scaler_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
+    /// The latest scaling snapshot (refreshed every 100 ms while the server runs).
+    pub scaling: watch::Receiver<Arc<ScalingSnapshot>>,
     stop: Option<oneshot::Sender<()>>,
+    /// The data listeners (HTTP, gRPC): they drain first.
     servers: Vec<JoinHandle<std::io::Result<()>>>,
+    /// Admin listener, scaler, sampler and publishers: they keep answering until the data listeners are done.
+    observers: Vec<JoinHandle<std::io::Result<()>>>,
+    finish: watch::Sender<bool>,
 }
 
 impl Running {
@@ -51,6 +68,13 @@ impl Running {
             }
         }
         self.state.repository.close();
+        let _ = self.finish.send(true);
+        for task in self.observers.drain(..) {
+            let ended = task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            if result.is_ok() {
+                result = ended;
+            }
+        }
         result
     }
 }
@@ -64,9 +88,36 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 /// `shutdown_on` resolves or [`Running::shutdown`] is called.
 pub async fn start(config: &Config, shutdown_on: impl std::future::Future<Output = ()> + Send + 'static) -> Result<Running, StartError> {
     onnx::init_runtime(config.onnxruntime.library.as_deref())?;
-    let repository = Arc::new(Repository::load(&config.server.models, &config.model_defaults)?);
+    let metrics = Arc::new(Metrics::new(config.metrics.enabled));
+    let repository = Arc::new(Repository::load(&config.server.models, &config.model_defaults, &metrics)?);
     let limits = DecodeLimits { max_elements: config.server.max_tensor_elements };
-    let state = Arc::new(AppState::new(repository, limits, config.server.max_body_bytes));
+    let state = Arc::new(AppState::new(repository.clone(), limits, config.server.max_body_bytes, metrics.clone()));
+    let (finish, finish_rx) = watch::channel(false);
+    let (scaling_tx, scaling) = watch::channel(Arc::new(ScalingSnapshot::empty(config.scaling.target_utilization)));
+    let mut observers = Vec::new();
+
+    let admin_addr = if config.admin.enabled {
+        let addr = config.admin.listen;
+        let admin_state = AdminState { metrics: metrics.clone(), scaling: scaling.clone() };
+        let admin = AdminServer::bind(addr, admin_state).await.map_err(|source| StartError::Bind { addr, source })?;
+        let bound = admin.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        observers.push(tokio::spawn(admin.serve(stopped(finish_rx.clone()))));
+        Some(bound)
+    } else {
+        None
+    };
+    let scaler_addr = if config.scaling.keda.enabled {
+        let addr = config.scaling.keda.listen;
+        let scaler = KedaServer::bind(addr, scaling.clone()).await.map_err(|source| StartError::Bind { addr, source })?;
+        let bound = scaler.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        observers.push(tokio::spawn(scaler.serve(stopped(finish_rx.clone()))));
+        Some(bound)
+    } else {
+        None
+    };
+    if config.scaling.oci.enabled {
+        observers.push(oci::start(&config.scaling.oci, scaling.clone(), metrics.clone(), stopped(finish_rx.clone()))?);
+    }
 
     let addr = config.server.http;
     let http = HttpServer::bind(addr, state.clone()).await.map_err(|source| StartError::Bind { addr, source })?;
@@ -91,5 +142,25 @@ pub async fn start(config: &Config, shutdown_on: impl std::future::Future<Output
         let _ = stop_tx.send(true);
     });
     let servers = vec![tokio::spawn(http.serve(stopped(stop_rx.clone()))), tokio::spawn(grpc.serve(stopped(stop_rx)))];
-    Ok(Running { http_addr, grpc_addr, state, stop: Some(stop), servers })
+
+    let sampler = signal::run(repository, Formula::from(&config.scaling), scaling_tx, stopped(finish_rx.clone()));
+    observers.push(tokio::spawn(async move {
+        sampler.await;
+        Ok(())
+    }));
+    if metrics.is_enabled() {
+        let stop = stopped(finish_rx.clone());
+        observers.push(tokio::spawn(async move {
+            tokio::pin!(stop);
+            let mut ticks = tokio::time::interval(std::time::Duration::from_secs(2));
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = ticks.tick() => metrics.upkeep(),
+                }
+            }
+            Ok(())
+        }));
+    }
+    Ok(Running { http_addr, grpc_addr, admin_addr, scaler_addr, state, scaling, stop: Some(stop), servers, observers, finish })
 }

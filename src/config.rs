@@ -25,6 +25,11 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// Defaults for models whose `model.toml` does not say.
     pub model_defaults: ModelDefaults,
+    /// The admin listener: `/metrics` and `/scaling`, apart from the data ports.
+    pub admin: AdminConfig,
+    pub metrics: MetricsConfig,
+    /// The scaling signal and where it is published (KEDA external scaler, OCI Monitoring).
+    pub scaling: ScalingConfig,
 }
 
 impl Default for Config {
@@ -34,6 +39,138 @@ impl Default for Config {
             onnxruntime: OnnxRuntimeConfig::default(),
             logging: LoggingConfig::default(),
             model_defaults: ModelDefaults::default(),
+            admin: AdminConfig::default(),
+            metrics: MetricsConfig::default(),
+            scaling: ScalingConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// Serves `GET /metrics` (Prometheus) and `GET /scaling` (KEDA metrics-api). Port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { enabled: true, listen: SocketAddr::from(([0, 0, 0, 0], 8002)) }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Records Prometheus metrics on the request path. Off: `/metrics` answers 404 and recording costs nothing;
+    /// the scaling signal (which has its own counters) keeps working.
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true }
+    }
+}
+
+/// How the desired-capacity figure is computed (see docs/SCALING.md for the formula).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScalingConfig {
+    /// The share of time model instances should be busy at the desired capacity, in (0, 1].
+    pub target_utilization: f64,
+    /// Service rate, busy ratio and the slow arrival rate are measured over this window.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// The fast arrival rate is measured over this shorter window; the larger of the two rates is used, so capacity
+    /// follows a load step up within about this time and a step down only as fast as `window` forgets.
+    #[serde(with = "humantime_serde")]
+    pub fast_window: Duration,
+    /// Requests already queued should be cleared within this time: the backlog adds capacity accordingly.
+    #[serde(with = "humantime_serde")]
+    pub drain_time: Duration,
+    /// Arrival rate (requests/s, over `fast_window`) above which a model is active even with an empty queue.
+    /// 0 = any arrival in the fast window makes the model active.
+    pub activation_rate: f64,
+    pub keda: KedaConfig,
+    pub oci: OciMonitoringConfig,
+}
+
+impl Default for ScalingConfig {
+    fn default() -> Self {
+        ScalingConfig {
+            target_utilization: 0.7,
+            window: Duration::from_secs(10),
+            fast_window: Duration::from_secs(1),
+            drain_time: Duration::from_secs(10),
+            activation_rate: 0.0,
+            keda: KedaConfig::default(),
+            oci: OciMonitoringConfig::default(),
+        }
+    }
+}
+
+/// KEDA's external scaler gRPC service (`externalscaler.ExternalScaler`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KedaConfig {
+    pub enabled: bool,
+    /// Port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+impl Default for KedaConfig {
+    fn default() -> Self {
+        KedaConfig { enabled: true, listen: SocketAddr::from(([0, 0, 0, 0], 9100)) }
+    }
+}
+
+/// Pushes the scaling signal to OCI Monitoring as custom metrics (PostMetricData), for OCI Autoscaling.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OciMonitoringConfig {
+    pub enabled: bool,
+    /// The OCI CLI/SDK config file; unset: `OCI_CONFIG_FILE`, else `~/.oci/config`.
+    pub config_file: Option<PathBuf>,
+    /// The profile (section) of the config file.
+    pub profile: String,
+    /// The compartment OCID the metrics are posted to (required when enabled).
+    pub compartment_id: String,
+    /// Metric namespace: a letter first, then letters, digits and `_`; must not start with `oci_` or `oracle_`.
+    pub namespace: String,
+    pub resource_group: Option<String>,
+    /// Overrides the profile's `region`.
+    pub region: Option<String>,
+    /// Overrides the ingestion endpoint (`https://telemetry-ingestion.{region}.oraclecloud.com`), e.g. for tests.
+    pub endpoint: Option<String>,
+    /// One datapoint per metric stream is taken this often and posted.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Datapoints kept while the endpoint is unreachable; the oldest are dropped beyond it.
+    pub max_buffered_datapoints: usize,
+    /// Timeout of one PostMetricData call.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra dimensions on every stream (e.g. `{ pool = "gpu-a10" }`); `model` and `instance` are always set.
+    pub dimensions: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for OciMonitoringConfig {
+    fn default() -> Self {
+        OciMonitoringConfig {
+            enabled: false,
+            config_file: None,
+            profile: "DEFAULT".into(),
+            compartment_id: String::new(),
+            namespace: "sluice".into(),
+            resource_group: None,
+            region: None,
+            endpoint: None,
+            interval: Duration::from_secs(10),
+            max_buffered_datapoints: 10_000,
+            timeout: Duration::from_secs(5),
+            dimensions: Default::default(),
         }
     }
 }
@@ -292,8 +429,61 @@ impl Config {
         if self.model_defaults.queue_timeout.is_zero() {
             return Err(invalid("model_defaults.queue_timeout", "must be above zero"));
         }
+        let scaling = &self.scaling;
+        if !(scaling.target_utilization > 0.0 && scaling.target_utilization <= 1.0) {
+            return Err(invalid("scaling.target_utilization", "must be above 0 and at most 1"));
+        }
+        if scaling.window < Duration::from_millis(200) || scaling.window > Duration::from_secs(3600) {
+            return Err(invalid("scaling.window", "must be between 200ms and 1h"));
+        }
+        if scaling.fast_window < Duration::from_millis(100) || scaling.fast_window > scaling.window {
+            return Err(invalid("scaling.fast_window", "must be at least 100ms and at most scaling.window"));
+        }
+        if scaling.drain_time.is_zero() {
+            return Err(invalid("scaling.drain_time", "must be above zero"));
+        }
+        if !(scaling.activation_rate >= 0.0 && scaling.activation_rate.is_finite()) {
+            return Err(invalid("scaling.activation_rate", "must be a finite number of requests per second, 0 or more"));
+        }
+        let oci = &scaling.oci;
+        if oci.enabled {
+            if oci.compartment_id.trim().is_empty() {
+                return Err(invalid("scaling.oci.compartment_id", "is required when scaling.oci.enabled is true"));
+            }
+            if let Err(message) = check_oci_namespace(&oci.namespace) {
+                return Err(invalid("scaling.oci.namespace", &message));
+            }
+            if oci.interval < Duration::from_secs(1) {
+                return Err(invalid("scaling.oci.interval", "must be at least 1s (OCI accepts at most one post a second per stream)"));
+            }
+            if oci.max_buffered_datapoints == 0 {
+                return Err(invalid("scaling.oci.max_buffered_datapoints", "must be at least 1"));
+            }
+            if oci.timeout.is_zero() {
+                return Err(invalid("scaling.oci.timeout", "must be above zero"));
+            }
+        }
         Ok(())
     }
+}
+
+/// OCI Monitoring's rule for custom namespaces.
+pub fn check_oci_namespace(namespace: &str) -> Result<(), String> {
+    let mut chars = namespace.chars();
+    if !chars.next().is_some_and(|c| c.is_ascii_alphabetic()) {
+        return Err(format!("'{namespace}' must start with a letter"));
+    }
+    if !namespace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("'{namespace}' may hold only letters, digits and '_'"));
+    }
+    if namespace.len() > 255 {
+        return Err(format!("'{namespace}' is longer than 255 characters"));
+    }
+    let lower = namespace.to_ascii_lowercase();
+    if lower.starts_with("oci_") || lower.starts_with("oracle_") {
+        return Err(format!("'{namespace}' must not start with 'oci_' or 'oracle_' (reserved for OCI services)"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -37,6 +37,12 @@ struct ServeArgs {
     /// gRPC listen address (overrides [server] grpc); port 0 picks a free port.
     #[arg(long)]
     grpc: Option<SocketAddr>,
+    /// Admin listen address for /metrics and /scaling (overrides [admin] listen); port 0 picks a free port.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// KEDA external scaler gRPC listen address (overrides [scaling.keda] listen); port 0 picks a free port.
+    #[arg(long)]
+    scaler: Option<SocketAddr>,
     /// Log format (overrides [logging] format).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -72,15 +78,23 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(grpc) = args.grpc {
         config.server.grpc = grpc;
     }
+    if let Some(admin) = args.admin {
+        config.admin.listen = admin;
+    }
+    if let Some(scaler) = args.scaler {
+        config.scaling.keda.listen = scaler;
+    }
     if let Some(format) = args.log_format {
         config.logging.format = format;
     }
     sluice::logging::init(&config.logging);
     runtime()?.block_on(async {
         let running = sluice::app::start(&config, sluice::server::shutdown_signal()).await.map_err(|e| e.to_string())?;
-        tracing::info!(http = %running.http_addr, grpc = %running.grpc_addr, models = %config.server.models.display(), "sluice is serving");
+        let off = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
+        let (admin, scaler) = (off(running.admin_addr), off(running.scaler_addr));
+        tracing::info!(http = %running.http_addr, grpc = %running.grpc_addr, admin, scaler, models = %config.server.models.display(), "sluice is serving");
         // A stable line on stdout for scripts and tests that start Sluice on port 0.
-        println!("sluice listening http={} grpc={}", running.http_addr, running.grpc_addr);
+        println!("sluice listening http={} grpc={} admin={admin} scaler={scaler}", running.http_addr, running.grpc_addr);
         running.wait().await.map_err(|e| format!("server error: {e}"))
     })
 }
@@ -93,7 +107,7 @@ fn models(args: ModelsArgs) -> Result<(), String> {
     sluice::logging::init(&sluice::config::LoggingConfig { level: "warn".into(), ..config.logging.clone() });
     runtime()?.block_on(async {
         sluice::backend::onnx::init_runtime(config.onnxruntime.library.as_deref()).map_err(|e| e.to_string())?;
-        let repo = sluice::repository::Repository::load(&config.server.models, &config.model_defaults).map_err(|e| e.to_string())?;
+        let repo = sluice::repository::Repository::load(&config.server.models, &config.model_defaults, &sluice::metrics::Metrics::new(false)).map_err(|e| e.to_string())?;
         for m in repo.all() {
             let s = &m.settings;
             println!(

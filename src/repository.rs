@@ -4,6 +4,7 @@
 
 use crate::backend::{onnx, BackendError, ModelSignature};
 use crate::config::{ConfigError, ModelDefaults, ModelFile, ModelSettings};
+use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -82,7 +83,7 @@ fn versions_on_disk(dir: &Path) -> Result<Vec<(u64, PathBuf)>, RepositoryError> 
 impl Repository {
     /// Loads every model under `root`. Must run inside a Tokio runtime (each version starts its scheduler).
     /// Any model that fails to load fails the whole start, with a message naming the file and the problem.
-    pub fn load(root: &Path, defaults: &ModelDefaults) -> Result<Repository, RepositoryError> {
+    pub fn load(root: &Path, defaults: &ModelDefaults, metrics: &Metrics) -> Result<Repository, RepositoryError> {
         let read = std::fs::read_dir(root).map_err(|source| RepositoryError::Read { path: root.into(), source })?;
         let mut dirs: Vec<PathBuf> = read.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
         dirs.sort();
@@ -101,7 +102,7 @@ impl Repository {
             let file = ModelFile::load(&toml_path)?;
             let mut loaded = BTreeMap::new();
             for (version, path) in versions {
-                let model = load_version(&name, version, &path, &file, defaults, &toml_path)?;
+                let model = load_version(&name, version, &path, &file, defaults, &toml_path, metrics)?;
                 loaded.insert(version, Arc::new(model));
             }
             models.insert(name, loaded);
@@ -158,6 +159,7 @@ fn load_version(
     file: &ModelFile,
     defaults: &ModelDefaults,
     toml_path: &Path,
+    metrics: &Metrics,
 ) -> Result<ModelVersion, RepositoryError> {
     let started = std::time::Instant::now();
     let (backend, settings) = onnx::load(path, |signature| {
@@ -165,7 +167,7 @@ fn load_version(
             .map_err(|e| BackendError::Load { path: path.display().to_string(), message: e.to_string() })
     })?;
     let label = format!("{name}:{version}");
-    let scheduler = Scheduler::start(label, &backend.signature, settings.clone(), backend.instances);
+    let scheduler = Scheduler::start(label, &backend.signature, settings.clone(), backend.instances, metrics.model(name, version));
     tracing::info!(
         model = name,
         version,

@@ -20,7 +20,7 @@ export LD_LIBRARY_PATH="$PWD/$VENV/lib/python3.11/site-packages/nvidia/cuda_runt
 BIN=${SLUICE_BIN:-target/debug/sluice}
 OUT=$(mktemp -d)
 trap 'kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$OUT"' EXIT
-"$BIN" serve --models models --http 127.0.0.1:0 --grpc 127.0.0.1:0 >"$OUT/stdout" 2>"$OUT/stderr" &
+"$BIN" serve --models models --http 127.0.0.1:0 --grpc 127.0.0.1:0 --admin 127.0.0.1:0 --scaler 127.0.0.1:0 >"$OUT/stdout" 2>"$OUT/stderr" &
 PID=$!
 for _ in $(seq 1 300); do
   grep -q '^sluice listening' "$OUT/stdout" && break

@@ -132,7 +132,7 @@ impl Harness {
                     as Box<dyn BackendInstance>
             })
             .collect();
-        let scheduler = Arc::new(Scheduler::start("fake".into(), &signature, settings, backends));
+        let scheduler = Arc::new(Scheduler::start("fake".into(), &signature, settings, backends, sluice::metrics::ModelMetrics::noop()));
         Harness { scheduler, log, started, gate: Some(gate_tx) }
     }
 

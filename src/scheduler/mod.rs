@@ -12,6 +12,8 @@ mod worker;
 
 use crate::backend::{BackendInstance, ModelSignature};
 use crate::config::ModelSettings;
+use crate::metrics::{ModelMetrics, RejectReason};
+use crate::scaling::LoadTracker;
 use crate::tensor::Tensor;
 use queue::{Admission, Entry, Queue, Ticket};
 use stats::ModelStats;
@@ -53,30 +55,41 @@ pub struct Job {
 pub struct Scheduler {
     queue: Arc<Queue>,
     stats: Arc<ModelStats>,
+    load: Arc<LoadTracker>,
+    metrics: ModelMetrics,
 }
 
 impl Scheduler {
-    /// Starts the batcher task (on the current Tokio runtime) and one thread per instance.
+    /// Starts the batcher task (on the current Tokio runtime) and one thread per instance. `metrics` receives queue
+    /// waits, batch sizes, compute times and rejections ([`ModelMetrics::noop`] records nothing).
     pub fn start(
         model: String,
         signature: &ModelSignature,
         settings: ModelSettings,
         instances: Vec<Box<dyn BackendInstance>>,
+        metrics: ModelMetrics,
     ) -> Scheduler {
         let stats = Arc::new(ModelStats::default());
+        let load = Arc::new(LoadTracker::new(instances.len()));
         let queue = Arc::new(Queue::new(model.clone(), settings.clone()));
         let handoff = Arc::new(worker::Handoff::default());
         let permits = Arc::new(tokio::sync::Semaphore::new(instances.len()));
         for (index, instance) in instances.into_iter().enumerate() {
             let nice = settings.instance_thread_nice;
-            worker::spawn(format!("{model}#{index}"), instance, handoff.clone(), stats.clone(), signature.outputs.len(), nice);
+            let observers = worker::Observers { stats: stats.clone(), load: load.clone(), metrics: metrics.clone(), index };
+            worker::spawn(format!("{model}#{index}"), instance, handoff.clone(), observers, signature.outputs.len(), nice);
         }
         tokio::spawn(batcher::run(queue.clone(), permits, handoff));
-        Scheduler { queue, stats }
+        Scheduler { queue, stats, load, metrics }
     }
 
     pub fn stats(&self) -> &ModelStats {
         &self.stats
+    }
+
+    /// The counters behind the scaling signal.
+    pub fn load(&self) -> &Arc<LoadTracker> {
+        &self.load
     }
 
     pub fn settings(&self) -> &ModelSettings {
@@ -112,13 +125,20 @@ impl Scheduler {
         let (reply, mut answer) = oneshot::channel();
         let ticket = Ticket::new();
         let entry = Entry { inputs: job.inputs, rows: job.rows, enqueued: now, deadline, ticket: ticket.clone(), reply };
+        self.load.arrived(job.rows);
         match self.queue.admit(entry, level) {
             Admission::Queued => {}
             Admission::Rejected(err) => {
                 self.stats.record_rejection();
+                let reason = match err {
+                    ScheduleError::ShuttingDown(_) => RejectReason::ShuttingDown,
+                    _ => RejectReason::QueueFull,
+                };
+                self.metrics.rejected(reason);
                 return Err(err);
             }
         }
+        let _in_flight = self.load.in_flight();
         // Withdraws the request if this future is dropped while it is still queued.
         let guard = queue::WithdrawOnDrop { queue: &self.queue, ticket: &ticket, rows: job.rows };
         let outcome = match tokio::time::timeout_at(deadline.into(), &mut answer).await {
@@ -126,6 +146,7 @@ impl Scheduler {
             Err(_elapsed) => {
                 if self.queue.withdraw(&ticket, job.rows) {
                     self.stats.record_timeout();
+                    self.metrics.rejected(RejectReason::QueueTimeout);
                     Err(ScheduleError::TimedOut {
                         model: model.into(),
                         waited: now.elapsed(),

@@ -4,6 +4,8 @@ use super::queue::Entry;
 use super::stats::{BatchTiming, ModelStats};
 use super::ScheduleError;
 use crate::backend::BackendInstance;
+use crate::metrics::ModelMetrics;
+use crate::scaling::LoadTracker;
 use crate::tensor::Tensor;
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
@@ -89,12 +91,21 @@ fn lower_priority(nice: i32) {
     }
 }
 
+/// What an instance thread reports each batch to.
+pub struct Observers {
+    pub stats: Arc<ModelStats>,
+    pub load: Arc<LoadTracker>,
+    pub metrics: ModelMetrics,
+    /// This instance's index among the model's instances.
+    pub index: usize,
+}
+
 /// Starts the thread that owns `instance` and runs the jobs of `handoff` until it closes.
 pub fn spawn(
     name: String,
     mut instance: Box<dyn BackendInstance>,
     handoff: Arc<Handoff>,
-    stats: Arc<ModelStats>,
+    observers: Observers,
     output_count: usize,
     nice: i32,
 ) {
@@ -103,7 +114,7 @@ pub fn spawn(
     let spawned = std::thread::Builder::new().name(format!("sluice-{name}")).spawn(move || {
         lower_priority(nice);
         while let Some(job) = thread_handoff.pop() {
-            run_batch(instance.as_mut(), job, &stats, output_count);
+            run_batch(instance.as_mut(), job, &observers, output_count);
         }
         thread_handoff.state.lock().takers -= 1;
     });
@@ -113,16 +124,24 @@ pub fn spawn(
     }
 }
 
-fn run_batch(instance: &mut dyn BackendInstance, job: BatchJob, stats: &ModelStats, output_count: usize) {
+fn run_batch(instance: &mut dyn BackendInstance, job: BatchJob, observers: &Observers, output_count: usize) {
     let BatchJob { entries, formed, _permit } = job;
+    let started = Instant::now();
+    observers.load.batch_started(observers.index, started);
     let rows: Vec<usize> = entries.iter().map(|e| e.rows).collect();
     let total_rows: usize = rows.iter().sum();
-    let mut timing = BatchTiming {
-        queue: entries.iter().map(|e| formed.saturating_duration_since(e.enqueued)).sum(),
-        ..BatchTiming::default()
-    };
+    let mut queue_total = std::time::Duration::ZERO;
+    for e in &entries {
+        let waited = formed.saturating_duration_since(e.enqueued);
+        observers.metrics.queue_duration.record(waited.as_secs_f64());
+        queue_total += waited;
+    }
+    let mut timing = BatchTiming { queue: queue_total, ..BatchTiming::default() };
     let result = execute(instance, &entries, &rows, output_count, &mut timing);
-    stats.record_batch(entries.len(), total_rows, timing, result.is_ok());
+    observers.load.batch_finished(observers.index, total_rows, Instant::now());
+    observers.metrics.compute_duration.record((timing.input + timing.infer + timing.output).as_secs_f64());
+    observers.metrics.batch_size.record(total_rows as f64);
+    observers.stats.record_batch(entries.len(), total_rows, timing, result.is_ok());
     match result {
         Ok(per_request) => {
             for (entry, outputs) in entries.into_iter().zip(per_request) {

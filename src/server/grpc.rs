@@ -3,6 +3,7 @@
 //! errors and scheduling on both protocols.
 
 use super::{metadata, pipeline, AppState};
+use crate::metrics::Protocol;
 use crate::protocol::grpc::{config_data_type, decode_request, encode_response, pb};
 use crate::protocol::ApiError;
 use crate::repository::ModelVersion;
@@ -51,6 +52,17 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
 
 /// One inference through the shared pipeline, with the gRPC deadline counted from arrival (queue time included).
 async fn infer_one(state: &AppState, req: pb::ModelInferRequest, deadline: Option<Duration>) -> Result<pb::ModelInferResponse, ApiError> {
+    let started = std::time::Instant::now();
+    let labels = state.metrics.is_enabled().then(|| (req.model_name.clone(), req.model_version.clone()));
+    let result = infer_decoded(state, req, deadline).await;
+    if let Some((model, version)) = labels {
+        let code = result.as_ref().map_or_else(|e| e.status.as_u16(), |_| 200);
+        state.observe_request(Protocol::Grpc, &model, Some(version.as_str()).filter(|v| !v.is_empty()), code, started);
+    }
+    result
+}
+
+async fn infer_decoded(state: &AppState, req: pb::ModelInferRequest, deadline: Option<Duration>) -> Result<pb::ModelInferResponse, ApiError> {
     let decoded = decode_request(req, state.limits)?;
     let m = pipeline::serving_model(state, &decoded.model, decoded.version.as_deref())?;
     let mut request = decoded.request;

@@ -1,6 +1,7 @@
 //! The KServe V2 HTTP routes. Handlers decode, look the model up, validate, hand the request to the model's scheduler and
 //! encode the answer; every failure becomes an [`ApiError`] with a V2 error body.
 
+use crate::metrics::Protocol;
 use super::{metadata, pipeline, AppState};
 use crate::protocol::json::{decode_request, encode_response, split_body, EncodeChoice};
 use crate::protocol::ApiError;
@@ -141,6 +142,7 @@ async fn infer_v(State(state): Shared, Path((model, version)): Path<(String, Str
 static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 
 async fn run_infer(state: Arc<AppState>, model: String, version: Option<String>, headers: HeaderMap, body: Body) -> Response {
+    let started = std::time::Instant::now();
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -148,7 +150,7 @@ async fn run_infer(state: Arc<AppState>, model: String, version: Option<String>,
         .unwrap_or_else(|| format!("r{}", NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)));
     let span = tracing::info_span!("infer", request_id = %request_id, model = %model);
     async move {
-        match infer_inner(&state, &model, version.as_deref(), &headers, body).await {
+        let response = match infer_inner(&state, &model, version.as_deref(), &headers, body).await {
             Ok(response) => response,
             Err(err) => {
                 if err.status.is_server_error() {
@@ -158,7 +160,9 @@ async fn run_infer(state: Arc<AppState>, model: String, version: Option<String>,
                 }
                 err.into_response()
             }
-        }
+        };
+        state.observe_request(Protocol::Http, &model, version.as_deref(), response.status().as_u16(), started);
+        response
     }
     .instrument(span)
     .await

@@ -1,11 +1,13 @@
 //! Listeners: the KServe V2 HTTP server (axum on hyper), the gRPC server (tonic), and their graceful shutdown.
 
+pub mod admin;
 pub mod grpc;
 pub mod grpc_listener;
 pub mod http;
 pub(crate) mod metadata;
 pub mod pipeline;
 
+use crate::metrics::{Metrics, Protocol, UNKNOWN_MODEL};
 use crate::protocol::json::DecodeLimits;
 use crate::repository::Repository;
 use axum::serve::ListenerExt;
@@ -19,6 +21,7 @@ pub struct AppState {
     pub repository: Arc<Repository>,
     pub limits: DecodeLimits,
     pub max_body_bytes: usize,
+    pub metrics: Arc<Metrics>,
     shutting_down: watch::Sender<bool>,
     /// Inferences between admission and answer, on any protocol.
     in_flight: AtomicUsize,
@@ -26,11 +29,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(repository: Arc<Repository>, limits: DecodeLimits, max_body_bytes: usize) -> AppState {
+    pub fn new(repository: Arc<Repository>, limits: DecodeLimits, max_body_bytes: usize, metrics: Arc<Metrics>) -> AppState {
         AppState {
             repository,
             limits,
             max_body_bytes,
+            metrics,
             shutting_down: watch::Sender::new(false),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -51,6 +55,20 @@ impl AppState {
     pub async fn shutdown_begun(&self) {
         let mut rx = self.shutting_down.subscribe();
         let _ = rx.wait_for(|begun| *begun).await;
+    }
+
+    /// Counts one answered inference request. The model and version labels are those of the loaded version the request
+    /// resolved to; a name that is not a loaded model is counted as [`UNKNOWN_MODEL`] so clients cannot mint series.
+    pub fn observe_request(&self, protocol: Protocol, model: &str, version: Option<&str>, code: u16, started: std::time::Instant) {
+        if !self.metrics.is_enabled() {
+            return;
+        }
+        let elapsed = started.elapsed();
+        match self.repository.get(model, version) {
+            Ok(m) => self.metrics.request(protocol, &m.name, &m.version_string(), code, elapsed),
+            Err(_) if self.repository.get(model, None).is_ok() => self.metrics.request(protocol, model, "", code, elapsed),
+            Err(_) => self.metrics.request(protocol, UNKNOWN_MODEL, "", code, elapsed),
+        }
     }
 
     /// Counts an inference as in flight until the returned guard drops.

@@ -95,6 +95,10 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The gRPC listener (KServe V2 gRPC, health, reflection).
     pub grpc_addr: SocketAddr,
+    /// The admin listener (/metrics, /scaling), when enabled.
+    pub admin_addr: Option<SocketAddr>,
+    /// The KEDA external scaler, when enabled.
+    pub scaler_addr: Option<SocketAddr>,
     pub client: HttpClient,
     /// Keeps a temporary repository alive while the server runs.
     pub repo: Option<TempRepo>,
@@ -104,9 +108,11 @@ pub struct Server {
 pub async fn start_with(mut config: Config, repo: Option<TempRepo>) -> Server {
     config.server.http = "127.0.0.1:0".parse().unwrap();
     config.server.grpc = "127.0.0.1:0".parse().unwrap();
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    config.scaling.keda.listen = "127.0.0.1:0".parse().unwrap();
     let running = sluice::app::start(&config, std::future::pending::<()>()).await.unwrap_or_else(|e| panic!("server start: {e}"));
-    let (addr, grpc_addr) = (running.http_addr, running.grpc_addr);
-    Server { running: Some(running), addr, grpc_addr, client: client(), repo }
+    let (addr, grpc_addr, admin_addr, scaler_addr) = (running.http_addr, running.grpc_addr, running.admin_addr, running.scaler_addr);
+    Server { running: Some(running), addr, grpc_addr, admin_addr, scaler_addr, client: client(), repo }
 }
 
 /// Starts the server on a temporary repository.

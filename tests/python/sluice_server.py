@@ -34,10 +34,13 @@ class SluiceServer:
 
     def __init__(self, models=MODELS, extra_args=()):
         self.binary = binary_path()
-        self.args = [self.binary, "serve", "--models", models, "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", *extra_args]
+        self.args = [self.binary, "serve", "--models", models, "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
+                     "--admin", "127.0.0.1:0", "--scaler", "127.0.0.1:0", *extra_args]
         self.proc = None
         self.addr = None
         self.grpc_addr = None
+        self.admin_addr = None
+        self.scaler_addr = None
         self.stdout_lines = []
         self.log_path = None
         self.killed = False
@@ -79,10 +82,12 @@ class SluiceServer:
                 f"sluice did not print '{LISTEN_PREFIX}ADDR' ({why}; first stdout line {line!r}); "
                 f"command: {' '.join(self.args)}; its log:\n{self.log_tail()}"
             )
-        # The line is "sluice listening http=ADDR grpc=ADDR".
+        # The line is "sluice listening http=ADDR grpc=ADDR admin=ADDR|off scaler=ADDR|off".
         fields = dict(part.split("=", 1) for part in line.split()[2:] if "=" in part)
         self.addr = fields.get("http", "")
         self.grpc_addr = fields.get("grpc", "")
+        self.admin_addr = fields.get("admin") if fields.get("admin", "off") != "off" else None
+        self.scaler_addr = fields.get("scaler") if fields.get("scaler", "off") != "off" else None
         if not self.addr.startswith("127.0.0.1:"):
             self.stop()
             raise StartError(f"sluice listens on {self.addr}, not on 127.0.0.1")

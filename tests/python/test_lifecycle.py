@@ -25,7 +25,10 @@ def test_prints_exactly_one_stdout_line_and_stops_on_sigterm(own_server):
     client.close()
     own_server.proc.send_signal(signal.SIGTERM)
     assert own_server.proc.wait(timeout=STOP_GRACE_S) == 0
-    assert own_server.stdout_lines == [f"sluice listening http={own_server.addr} grpc={own_server.grpc_addr}"]
+    assert own_server.stdout_lines == [
+        f"sluice listening http={own_server.addr} grpc={own_server.grpc_addr} "
+        f"admin={own_server.admin_addr} scaler={own_server.scaler_addr or 'off'}"
+    ]
 
 
 def test_sigterm_answers_accepted_requests(own_server):

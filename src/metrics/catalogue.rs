@@ -1,0 +1,97 @@
+//! Every metric Sluice exports: name, kind, help text and buckets, in one place. docs/METRICS.md mirrors this list.
+//! Names follow Prometheus conventions (base units, `_total` on counters) so `promtool check metrics` passes.
+
+/// What kind of series a metric is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+const fn def(name: &'static str, kind: Kind, help: &'static str) -> MetricDef {
+    MetricDef { name, kind, help }
+}
+
+pub const REQUESTS: &str = "sluice_requests_total";
+pub const REQUEST_DURATION: &str = "sluice_request_duration_seconds";
+pub const QUEUE_DURATION: &str = "sluice_queue_duration_seconds";
+pub const COMPUTE_DURATION: &str = "sluice_compute_duration_seconds";
+pub const BATCH_SIZE: &str = "sluice_batch_size";
+pub const REJECTED: &str = "sluice_rejected_requests_total";
+pub const QUEUE_REQUESTS: &str = "sluice_queue_requests";
+pub const QUEUE_ROWS: &str = "sluice_queue_rows";
+pub const INFLIGHT: &str = "sluice_inflight_requests";
+pub const BUSY_RATIO: &str = "sluice_instance_busy_ratio";
+pub const ARRIVAL_REQUESTS: &str = "sluice_arrival_requests_per_second";
+pub const ARRIVAL_ROWS: &str = "sluice_arrival_rows_per_second";
+pub const SERVICE_ROWS: &str = "sluice_service_rows_per_second";
+pub const DESIRED_REPLICAS: &str = "sluice_desired_replicas";
+pub const DESIRED_REPLICAS_OVERALL: &str = "sluice_desired_replicas_overall";
+pub const MODEL_ACTIVE: &str = "sluice_model_active";
+pub const OCI_POSTS: &str = "sluice_oci_posts_total";
+pub const OCI_DROPPED: &str = "sluice_oci_datapoints_dropped_total";
+pub const OCI_BUFFERED: &str = "sluice_oci_buffered_datapoints";
+pub const BUILD_INFO: &str = "sluice_build_info";
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
+
+pub const ALL: &[MetricDef] = &[
+    def(REQUESTS, Kind::Counter, "Inference requests answered, by model, version, protocol (http, grpc) and HTTP-equivalent status code."),
+    def(REQUEST_DURATION, Kind::Histogram, "Time from receiving an inference request to its encoded answer, in seconds."),
+    def(QUEUE_DURATION, Kind::Histogram, "Time a request waited in its model's queue before its batch formed, in seconds."),
+    def(COMPUTE_DURATION, Kind::Histogram, "Time an instance spent on one batch (join inputs, run, split outputs), in seconds."),
+    def(BATCH_SIZE, Kind::Histogram, "Rows per batch run by a model instance."),
+    def(REJECTED, Kind::Counter, "Requests refused by a model's scheduler, by reason: queue_full (429), queue_timeout (504), shutting_down (503)."),
+    def(QUEUE_REQUESTS, Kind::Gauge, "Requests waiting in a model's queue."),
+    def(QUEUE_ROWS, Kind::Gauge, "Rows (batch-dimension entries) waiting in a model's queue."),
+    def(INFLIGHT, Kind::Gauge, "Requests admitted to a model and not answered yet (queued or running)."),
+    def(BUSY_RATIO, Kind::Gauge, "Share of a model's instance time spent running batches over the scaling window (0 to 1)."),
+    def(ARRIVAL_REQUESTS, Kind::Gauge, "Requests per second reaching a model's admission, accepted or refused (the larger of the fast and slow windows)."),
+    def(ARRIVAL_ROWS, Kind::Gauge, "Rows per second reaching a model's admission, accepted or refused."),
+    def(SERVICE_ROWS, Kind::Gauge, "Rows per second this replica serves for a model with every instance busy, measured at the batch sizes that formed; 0 until measured."),
+    def(DESIRED_REPLICAS, Kind::Gauge, "Replicas this replica's share of a model's load needs at the target utilization (sum over replicas = fleet size wanted)."),
+    def(DESIRED_REPLICAS_OVERALL, Kind::Gauge, "Sum of sluice_desired_replicas over the models of this replica."),
+    def(MODEL_ACTIVE, Kind::Gauge, "1 when a model has queued or running requests or arrivals over the activation rate, else 0."),
+    def(OCI_POSTS, Kind::Counter, "PostMetricData calls to OCI Monitoring, by outcome: ok, retried (429, 5xx, network), rejected (other 4xx)."),
+    def(OCI_DROPPED, Kind::Counter, "Datapoints not delivered to OCI Monitoring, by reason: buffer_full, too_old, rejected."),
+    def(OCI_BUFFERED, Kind::Gauge, "Datapoints waiting to be posted to OCI Monitoring."),
+    def(BUILD_INFO, Kind::Gauge, "Always 1; the version label says which Sluice is running."),
+    def(PROCESS_RSS, Kind::Gauge, "Resident memory of the Sluice process, in bytes."),
+    def(PROCESS_CPU, Kind::Counter, "User and system CPU time used by the Sluice process, in seconds."),
+    def(PROCESS_OPEN_FDS, Kind::Gauge, "Open file descriptors of the Sluice process."),
+    def(PROCESS_MAX_FDS, Kind::Gauge, "The process's limit on open file descriptors."),
+    def(PROCESS_START_TIME, Kind::Gauge, "Start time of the Sluice process, in seconds since the Unix epoch."),
+];
+
+/// Buckets for the duration histograms: from 25 µs (a cache hit, a fast 429) to 10 s (a long queue).
+pub const DURATION_BUCKETS: &[f64] =
+    &[0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Buckets for rows per batch.
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let mut seen = std::collections::HashSet::new();
+        for m in ALL {
+            assert!(seen.insert(m.name), "{} listed twice", m.name);
+            assert_eq!(m.kind == Kind::Counter, m.name.ends_with("_total"), "{}: only counters end in _total", m.name);
+            assert!(m.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "{}", m.name);
+            assert!(!m.help.is_empty());
+        }
+    }
+}

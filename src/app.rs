@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::json::DecodeLimits;
 use crate::repository::{Repository, RepositoryError};
-use crate::scaling::signal::{self, Formula};
+use crate::scaling::signal::{self, Formula, Sampler};
 use crate::scaling::keda::KedaServer;
 use crate::scaling::{oci, ScalingSnapshot};
 use crate::server::admin::{AdminServer, AdminState};
@@ -93,7 +93,10 @@ pub async fn start(config: &Config, shutdown_on: impl std::future::Future<Output
     let limits = DecodeLimits { max_elements: config.server.max_tensor_elements };
     let state = Arc::new(AppState::new(repository.clone(), limits, config.server.max_body_bytes, metrics.clone()));
     let (finish, finish_rx) = watch::channel(false);
-    let (scaling_tx, scaling) = watch::channel(Arc::new(ScalingSnapshot::empty(config.scaling.target_utilization)));
+    // The first snapshot is taken now, so `/scaling` lists every model from the first request on.
+    let mut sampler = Sampler::new(Formula::from(&config.scaling));
+    let first = sampler.sample(&repository, std::time::Instant::now());
+    let (scaling_tx, scaling) = watch::channel(Arc::new(first));
     let mut observers = Vec::new();
 
     let admin_addr = if config.admin.enabled {
@@ -143,7 +146,7 @@ pub async fn start(config: &Config, shutdown_on: impl std::future::Future<Output
     });
     let servers = vec![tokio::spawn(http.serve(stopped(stop_rx.clone()))), tokio::spawn(grpc.serve(stopped(stop_rx)))];
 
-    let sampler = signal::run(repository, Formula::from(&config.scaling), scaling_tx, stopped(finish_rx.clone()));
+    let sampler = signal::run(sampler, repository, scaling_tx, stopped(finish_rx.clone()));
     observers.push(tokio::spawn(async move {
         sampler.await;
         Ok(())

@@ -17,7 +17,7 @@ pub enum ConfigError {
 }
 
 /// The whole server configuration (`sluice serve --config FILE`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -30,20 +30,6 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The scaling signal and where it is published (KEDA external scaler, OCI Monitoring).
     pub scaling: ScalingConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            onnxruntime: OnnxRuntimeConfig::default(),
-            logging: LoggingConfig::default(),
-            model_defaults: ModelDefaults::default(),
-            admin: AdminConfig::default(),
-            metrics: MetricsConfig::default(),
-            scaling: ScalingConfig::default(),
-        }
-    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -502,5 +488,26 @@ mod tests {
         let settings = ModelFile::default().resolve(&ModelDefaults::default(), false, path).unwrap();
         assert_eq!(settings.max_batch_size, 0);
         assert!(toml::from_str::<ModelFile>("max_batch = 8").unwrap_err().to_string().contains("max_batch"));
+    }
+
+    /// config/sluice.toml says its values are the defaults: it must load, and a few of each section must match.
+    #[test]
+    fn shipped_config_loads_and_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sluice.toml");
+        let shipped = Config::load(&path).unwrap();
+        let defaults = Config::default();
+        assert_eq!(shipped.server.http, defaults.server.http);
+        assert_eq!(shipped.admin.listen, defaults.admin.listen);
+        assert_eq!(shipped.admin.enabled, defaults.admin.enabled);
+        assert_eq!(shipped.metrics.enabled, defaults.metrics.enabled);
+        assert_eq!(shipped.scaling.target_utilization, defaults.scaling.target_utilization);
+        assert_eq!(shipped.scaling.window, defaults.scaling.window);
+        assert_eq!(shipped.scaling.fast_window, defaults.scaling.fast_window);
+        assert_eq!(shipped.scaling.drain_time, defaults.scaling.drain_time);
+        assert_eq!(shipped.scaling.keda.listen, defaults.scaling.keda.listen);
+        assert_eq!(shipped.scaling.oci.enabled, defaults.scaling.oci.enabled);
+        assert_eq!(shipped.scaling.oci.interval, defaults.scaling.oci.interval);
+        assert_eq!(shipped.scaling.oci.max_buffered_datapoints, defaults.scaling.oci.max_buffered_datapoints);
+        assert_eq!(shipped.model_defaults.queue_capacity, defaults.model_defaults.queue_capacity);
     }
 }

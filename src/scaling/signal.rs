@@ -236,8 +236,8 @@ impl Sampler {
                 measured.slow_arrival_rows_rate = per_second(reading.arrived_rows - old.arrived_rows, elapsed);
                 let busy = reading.busy_ns.saturating_sub(old.busy_ns);
                 let served = reading.served_rows.saturating_sub(old.served_rows);
-                // Below a millisecond of busy time the ratio is noise; keep the last good measurement.
-                if busy >= 1_000_000 && served > 0 {
+                // Without new batches there is nothing to measure: keep the last measurement through idle periods.
+                if busy > 0 && served > 0 {
                     history.rows_per_busy_second = Some(served as f64 / (busy as f64 / 1e9));
                 }
                 if !elapsed.is_zero() {
@@ -264,12 +264,11 @@ impl Sampler {
 
 /// Samples every [`SAMPLE_INTERVAL`] and publishes the snapshot until `stop` resolves.
 pub async fn run(
+    mut sampler: Sampler,
     repository: Arc<Repository>,
-    formula: Formula,
     publish: watch::Sender<Arc<ScalingSnapshot>>,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let mut sampler = Sampler::new(formula);
     let mut ticks = tokio::time::interval(SAMPLE_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);

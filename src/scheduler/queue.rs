@@ -191,7 +191,7 @@ impl Queue {
         };
         if s.max_batch_size == 0 {
             for level in levels.iter_mut() {
-                if let Some(e) = level.iter().position(|e| live(e)).and_then(|at| level.remove(at)) {
+                if let Some(e) = level.iter().position(live).and_then(|at| level.remove(at)) {
                     if e.ticket.leave(TAKEN) {
                         self.count_out(e.rows);
                         return Formed::Batch(vec![e]);

@@ -150,6 +150,20 @@ impl Server {
         tokio::time::timeout(Duration::from_secs(30), fut).await.unwrap_or_else(|_| panic!("{path}: no answer within 30 s"))
     }
 
+    /// GETs `path` from the admin listener (/metrics, /scaling).
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        let admin = self.admin_addr.expect("the admin listener is enabled");
+        let req = Request::builder().uri(format!("http://{admin}{path}")).body(Full::new(Bytes::new())).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
+            .await
+            .unwrap_or_else(|_| panic!("admin {path}: no answer within 30s"))
+            .unwrap_or_else(|e| panic!("admin {path}: request failed: {e:?}"));
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.expect("admin body").to_bytes();
+        Reply { status, headers, body }
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         self.request(Method::GET, path, &[], Bytes::new()).await
     }

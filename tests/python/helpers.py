@@ -203,6 +203,26 @@ def infer_request(model, arrays, typed=False, version="", request_id="", outputs
     return req
 
 
+def expect_grpc_deadline(fn):
+    """Calls fn, which must fail because its deadline passed: DEADLINE_EXCEEDED (from Sluice or the client library), or
+    the CANCELLED "Timeout expired" that gRPC core reports when a very short deadline fires before the call is under way.
+    Returns (status, message)."""
+    try:
+        fn()
+    except InferenceServerException as err:
+        status, message = err.status(), err.message() or ""
+    else:
+        pytest.fail("no error; expected the deadline to pass")
+    assert is_deadline_status(status, message), f"status {status!r}: {message}"
+    return status, message
+
+
+def is_deadline_status(status, message):
+    """Whether a gRPC failure means the call's deadline passed (see expect_grpc_deadline)."""
+    client_side = status == "StatusCode.CANCELLED" and "Timeout expired" in message
+    return status == "StatusCode.DEADLINE_EXCEEDED" or client_side
+
+
 def expect_grpc_error(fn, code, *fragments):
     """Calls fn, which must raise tritonclient's InferenceServerException (or a grpc.RpcError from the stubs) with gRPC
     status `code` (e.g. "INVALID_ARGUMENT") and a message containing every fragment; returns the message."""

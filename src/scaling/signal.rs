@@ -12,7 +12,8 @@
 //! ```
 //!
 //! The arrival rate is the larger of the rates over `fast_window` and `window`: capacity follows a step up within
-//! about `fast_window` and a step down only as the long window forgets it. Capacity is measured over `window` at the
+//! about `fast_window` and a step down only as the long window forgets it. After a quiet spell the fast rate is
+//! measured from the onset of arrivals (at least 300 ms back), so a step up from idle shows at its full rate at once. Capacity is measured over `window` at the
 //! batch sizes that actually formed, and remembered through idle periods.
 
 use super::load::{LoadReading, LoadTracker};
@@ -180,7 +181,25 @@ impl History {
         let from = now.checked_sub(span)?;
         self.readings.iter().find(|(at, _)| *at >= from).or_else(|| self.readings.front())
     }
+
+    /// Where the fast arrival rate is measured from: `span` ago, or later when nothing arrived in the first part of the
+    /// window - the last reading before arrivals resumed, but at least [`MIN_ONSET_SPAN`] ago. A step up from quiet
+    /// then shows at its full rate within a sample or two instead of ramping up over the whole window; the floor keeps
+    /// one lone request from reading as a burst.
+    fn onset(&self, now: Instant, span: Duration) -> Option<&(Instant, LoadReading)> {
+        let start = self.since(now, span)?;
+        let quiet = self
+            .readings
+            .iter()
+            .skip_while(|(at, _)| at < &start.0)
+            .take_while(|(at, r)| r.arrived_requests == start.1.arrived_requests && now.duration_since(*at) >= MIN_ONSET_SPAN)
+            .last();
+        Some(quiet.unwrap_or(start))
+    }
 }
+
+/// The shortest span a fast arrival rate is measured over (see [`History::onset`]).
+pub const MIN_ONSET_SPAN: Duration = Duration::from_millis(300);
 
 fn per_second(delta: u64, elapsed: Duration) -> f64 {
     if elapsed.is_zero() {
@@ -225,7 +244,7 @@ impl Sampler {
             }
             let (requests, rows) = m.scheduler.depth();
             let mut measured = Measured { queue_requests: requests, queue_rows: rows, in_flight: reading.in_flight, instances: tracker.instances(), ..Measured::default() };
-            if let Some(&(at, old)) = history.since(now, f.fast_window) {
+            if let Some(&(at, old)) = history.onset(now, f.fast_window) {
                 let elapsed = now.duration_since(at);
                 measured.fast_arrival_rate = per_second(reading.arrived_requests - old.arrived_requests, elapsed);
                 measured.fast_arrival_rows_rate = per_second(reading.arrived_rows - old.arrived_rows, elapsed);
@@ -342,6 +361,37 @@ mod tests {
         assert!(!f.signal(&m).active);
         let m = Measured { fast_arrival_rate: 6.0, instances: 1, ..Measured::default() };
         assert!(f.signal(&m).active);
+    }
+
+    /// Readings every 100 ms for 1 s, quiet until `first_arrival_ms`, then 10 requests per reading.
+    fn history(first_arrival_ms: u64, t0: Instant) -> History {
+        let mut readings = VecDeque::new();
+        let mut arrived = 0;
+        for ms in (0..=1000).step_by(100) {
+            if ms >= first_arrival_ms {
+                arrived += 10;
+            }
+            readings.push_back((t0 + Duration::from_millis(ms), LoadReading { arrived_requests: arrived, ..LoadReading::default() }));
+        }
+        History { tracker: Arc::new(LoadTracker::new(1)), readings, rows_per_busy_second: None }
+    }
+
+    #[test]
+    fn fast_rate_starts_at_the_onset_of_arrivals() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_millis(1000);
+        let rate = |h: &History| {
+            let (at, old) = *h.onset(now, Duration::from_secs(1)).unwrap();
+            per_second(h.readings.back().unwrap().1.arrived_requests - old.arrived_requests, now.duration_since(at))
+        };
+        // Arrivals all through the window: the whole window (100 per second).
+        assert!((rate(&history(0, t0)) - 100.0).abs() < 1e-9);
+        // A step 400 ms ago from quiet: measured from the last quiet reading (500 ms ago), not diluted over 1 s.
+        assert!((rate(&history(600, t0)) - 100.0).abs() < 1e-9);
+        // A step 100 ms ago: the span does not shrink below MIN_ONSET_SPAN (300 ms), so one sample is not a burst.
+        assert!((rate(&history(1000, t0)) - 10.0 / 0.3).abs() < 1e-9);
+        // Nothing arrived: zero.
+        assert_eq!(rate(&history(2000, t0)), 0.0);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use crate::backend::{onnx, BackendError, ModelSignature};
 use crate::config::{ConfigError, ModelDefaults, ModelFile, ModelSettings};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestMetrics};
 use crate::scheduler::Scheduler;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,6 +45,8 @@ pub struct ModelVersion {
     pub execution_provider: String,
     pub settings: ModelSettings,
     pub scheduler: Scheduler,
+    /// Where answered requests of this version are counted.
+    pub request_metrics: RequestMetrics,
     ready: AtomicBool,
 }
 
@@ -185,6 +187,7 @@ fn load_version(
         execution_provider: backend.execution_provider,
         settings,
         scheduler,
+        request_metrics: metrics.requests(name, version),
         ready: AtomicBool::new(true),
     })
 }

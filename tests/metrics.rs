@@ -148,8 +148,10 @@ async fn rejections_by_reason_agree_with_client_statuses() {
     let labels = [("model", "wide_small"), ("version", "1")];
     for (code, n) in &by_code {
         let c = code.to_string();
-        assert_eq!(value(&samples, "sluice_requests_total", &[labels[0], labels[1], ("code", c.as_str())]), *n, "code {code}");
+        assert_eq!(value(&samples, "sluice_requests_total", &[labels[0], labels[1], ("protocol", "http"), ("code", c.as_str())]), *n, "code {code}");
     }
+    // The 200 series of each protocol exist from model load, at zero, so rate() and increase() work from the start.
+    assert_eq!(value(&samples, "sluice_requests_total", &[labels[0], labels[1], ("protocol", "grpc"), ("code", "200")]), 0.0);
     let rejected = |reason: &str| value(&samples, "sluice_rejected_requests_total", &[labels[0], labels[1], ("reason", reason)]);
     assert_eq!(rejected("queue_full"), by_code[&429]);
     assert_eq!(rejected("queue_timeout"), by_code.get(&504).copied().unwrap_or(0.0));

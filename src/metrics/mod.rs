@@ -11,6 +11,8 @@ use crate::scaling::ScalingSnapshot;
 use ::metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use catalogue::Kind;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The protocol a request came in on.
@@ -47,9 +49,11 @@ struct Enabled {
     handle: PrometheusHandle,
 }
 
-/// The metrics of one server. Disabled metrics hand out no-op handles and render nothing.
+/// The metrics of one server. Disabled metrics hand out no-op handles and render nothing. Cheap to clone (the
+/// recorder is shared).
+#[derive(Clone)]
 pub struct Metrics {
-    enabled: Option<Enabled>,
+    enabled: Option<Arc<Enabled>>,
 }
 
 fn labels(pairs: &[(&'static str, &str)]) -> Vec<Label> {
@@ -79,7 +83,7 @@ impl Metrics {
             }
         }
         let handle = recorder.handle();
-        let metrics = Metrics { enabled: Some(Enabled { recorder, handle }) };
+        let metrics = Metrics { enabled: Some(Arc::new(Enabled { recorder, handle })) };
         metrics.gauge(catalogue::BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
         metrics
     }
@@ -124,7 +128,29 @@ impl Metrics {
         }
     }
 
-    /// Counts one answered inference request and its duration. `model` is [`UNKNOWN_MODEL`] when the request named no
+    /// The request handles of a model version, registered now so that counting a request costs no allocation or
+    /// registry lookup.
+    pub fn requests(&self, model: &str, version: u64) -> RequestMetrics {
+        let v = version.to_string();
+        let protocol = |p: Protocol| {
+            let base = [("model", model), ("version", v.as_str()), ("protocol", p.label())];
+            ProtocolRequests {
+                duration: self.histogram(catalogue::REQUEST_DURATION, &base),
+                ok: self.counter(catalogue::REQUESTS, &[base[0], base[1], base[2], ("code", "200")]),
+                other_codes: Mutex::new(Vec::new()),
+            }
+        };
+        RequestMetrics {
+            metrics: self.clone(),
+            model: model.to_string(),
+            version: v.clone(),
+            http: protocol(Protocol::Http),
+            grpc: protocol(Protocol::Grpc),
+        }
+    }
+
+    /// Counts one answered inference request and its duration, for requests that did not resolve to a loaded version
+    /// (see [`RequestMetrics::record`] for those that did). `model` is [`UNKNOWN_MODEL`] when the request named no
     /// loaded model; `version` is empty when no version was resolved.
     pub fn request(&self, protocol: Protocol, model: &str, version: &str, code: u16, elapsed: Duration) {
         let Some(e) = &self.enabled else { return };
@@ -165,6 +191,51 @@ impl Metrics {
         let mut text = e.handle.render();
         process::write_exposition(&mut text, &process::read());
         Some(text)
+    }
+}
+
+/// The request counters and latency histograms of one model version, per protocol.
+pub struct RequestMetrics {
+    metrics: Metrics,
+    model: String,
+    version: String,
+    http: ProtocolRequests,
+    grpc: ProtocolRequests,
+}
+
+struct ProtocolRequests {
+    duration: Histogram,
+    /// Code 200, registered up front: the common case takes no lock.
+    ok: Counter,
+    /// Other codes, registered on first use (a handful per model at most).
+    other_codes: Mutex<Vec<(u16, Counter)>>,
+}
+
+impl RequestMetrics {
+    /// Counts one answered request of this version and its duration.
+    pub fn record(&self, protocol: Protocol, code: u16, elapsed: Duration) {
+        if !self.metrics.is_enabled() {
+            return;
+        }
+        let p = match protocol {
+            Protocol::Http => &self.http,
+            Protocol::Grpc => &self.grpc,
+        };
+        p.duration.record(elapsed.as_secs_f64());
+        if code == 200 {
+            p.ok.increment(1);
+            return;
+        }
+        let mut codes = p.other_codes.lock();
+        if let Some((_, counter)) = codes.iter().find(|(c, _)| *c == code) {
+            counter.increment(1);
+            return;
+        }
+        let mut text = itoa::Buffer::new();
+        let labels = [("model", self.model.as_str()), ("version", self.version.as_str()), ("protocol", protocol.label()), ("code", text.format(code))];
+        let counter = self.metrics.counter(catalogue::REQUESTS, &labels);
+        counter.increment(1);
+        codes.push((code, counter));
     }
 }
 

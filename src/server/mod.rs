@@ -65,7 +65,7 @@ impl AppState {
         }
         let elapsed = started.elapsed();
         match self.repository.get(model, version) {
-            Ok(m) => self.metrics.request(protocol, &m.name, &m.version_string(), code, elapsed),
+            Ok(m) => m.request_metrics.record(protocol, code, elapsed),
             Err(_) if self.repository.get(model, None).is_ok() => self.metrics.request(protocol, model, "", code, elapsed),
             Err(_) => self.metrics.request(protocol, UNKNOWN_MODEL, "", code, elapsed),
         }

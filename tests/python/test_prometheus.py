@@ -182,9 +182,11 @@ def test_request_metrics_through_promql(prometheus, sluice_srv):
         assert conn.getresponse().status == 400
         conn.close()
     result = wait_for_value(prometheus, 'sum by (model, version, protocol) '
-                                        '(sluice_requests_total{model="identity", code="200"})', 25.0)
+                                        '(sluice_requests_total{model="identity", code="200", protocol="http"})', 25.0)
     assert result[0][0] == {"model": "identity", "version": "1", "protocol": "http"}
     wait_for_value(prometheus, 'sum(sluice_requests_total{model="identity", code="400"})', 3.0)
+    # Each version's 200 series exist from load at zero (here gRPC's, which had no traffic).
+    wait_for_value(prometheus, 'sluice_requests_total{model="identity", code="200", protocol="grpc"}', 0.0)
     wait_for_value(prometheus, 'sum(sluice_request_duration_seconds_count{model="identity"})', 28.0)
     p99 = query(prometheus, 'histogram_quantile(0.99, sum by (le) (sluice_request_duration_seconds_bucket{model="identity"}))')
     assert len(p99) == 1 and 0 < p99[0][1] < 10, p99

@@ -55,7 +55,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 
@@ -342,11 +342,7 @@ impl KedaServer {
         let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure()).build_v1alpha().map_err(std::io::Error::other)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let scaler = ExternalScalerServer::new(Scaler { scaling: self.scaling, stop: stop_rx });
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener).map(|conn| {
-            conn.inspect(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            })
-        });
+        let incoming = crate::server::grpc_listener::nodelay_incoming(self.listener);
         let (graceful_tx, graceful_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
             .add_service(health)

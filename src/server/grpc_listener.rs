@@ -67,11 +67,7 @@ impl GrpcServer {
         let inference = GrpcInferenceServiceServer::new(InferenceService::new(self.state.clone()))
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener).map(|conn| {
-            conn.inspect(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            })
-        });
+        let incoming = nodelay_incoming(self.listener);
         let state = self.state.clone();
         let mut stop = Box::pin(shutdown);
         let (graceful_tx, graceful_rx) = tokio::sync::oneshot::channel::<()>();
@@ -108,4 +104,14 @@ impl GrpcServer {
             Err(_) => Ok(()),
         }
     }
+}
+
+/// A listener's connections with Nagle's algorithm off: gRPC writes small frames (headers, short messages) that must
+/// not wait for an ACK. Shared by every gRPC listener.
+pub fn nodelay_incoming(listener: tokio::net::TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        })
+    })
 }

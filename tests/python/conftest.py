@@ -4,28 +4,14 @@ plain channel and the generated stub. The server's log is printed at the end of 
 import pytest
 import tritonclient.http as httpclient
 
-from sluice_server import SluiceServer, StartError
+from sluice_server import fixture_server
 
 
 @pytest.fixture(scope="session")
 def sluice(request):
     """Starts the server and yields its SluiceServer (addr: HTTP, grpc_addr: gRPC, both "127.0.0.1:PORT")."""
-    srv = SluiceServer()
-    try:
-        srv.start()
-        failure = None
-    except StartError as err:
-        failure = str(err)
-    if failure:
-        pytest.fail(failure, pytrace=False)
-    try:
+    with fixture_server(request) as srv:
         yield srv
-    finally:
-        code = srv.stop()
-        if request.session.testsfailed or srv.killed:
-            print(f"\n==== sluice log ({srv.log_path}; exit code {code}) ====\n{srv.log_tail()}")
-        else:
-            srv.remove_log()
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ the pipe can never fill up and block it.
 The binary comes from $SLUICE_BIN (scripts/test.sh sets it), else target/debug/sluice; ONNX Runtime from
 $ORT_DYLIB_PATH, else .onnxruntime/libonnxruntime.so.1.31.1 (.cargo/config.toml only applies under cargo).
 """
+import contextlib
 import os
 import signal
 import subprocess
@@ -133,3 +134,27 @@ class SluiceServer:
         else:
             print(f"\n==== sluice log ({self.log_path}) ====\n{self.log_tail()}")
         return False
+
+
+@contextlib.contextmanager
+def fixture_server(request, **kwargs):
+    """For pytest fixtures: starts a SluiceServer(**kwargs) with its admin port on 127.0.0.1 (a start error fails the
+    test with the server's log), yields it, and stops it. Its log is printed if a test failed meanwhile (pytest does not
+    raise test failures inside fixtures, so the session's failure count tells), and removed otherwise."""
+    import pytest
+
+    srv = SluiceServer(**kwargs)
+    try:
+        srv.start()
+    except StartError as err:
+        pytest.fail(str(err), pytrace=False)
+    failed_before = request.session.testsfailed
+    try:
+        assert srv.admin_addr and srv.admin_addr.startswith("127.0.0.1:"), f"admin listens on {srv.admin_addr!r}"
+        yield srv
+    finally:
+        code = srv.stop()
+        if request.session.testsfailed > failed_before or srv.killed:
+            print(f"\n==== sluice log ({srv.log_path}; exit code {code}) ====\n{srv.log_tail()}")
+        else:
+            srv.remove_log()

@@ -20,7 +20,7 @@ import time
 import grpc
 import pytest
 
-from sluice_server import REPO, SluiceServer, StartError
+from sluice_server import REPO, fixture_server
 
 PROTO_DIR = os.path.join(REPO, "proto")
 RPC_TIMEOUT_S = 10.0
@@ -51,23 +51,10 @@ def keda_pb(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def scaler_server():
-    srv = SluiceServer()
-    try:
-        srv.start()
-    except StartError as err:
-        pytest.fail(str(err), pytrace=False)
-    ok = False
-    try:
+def scaler_server(request):
+    with fixture_server(request) as srv:
         assert srv.scaler_addr and srv.scaler_addr.startswith("127.0.0.1:"), f"scaler listens on {srv.scaler_addr!r}"
         yield srv
-        ok = True
-    finally:
-        srv.stop()
-        if ok:
-            srv.remove_log()
-        else:
-            print(f"\n==== sluice log ({srv.log_path}) ====\n{srv.log_tail()}")
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from oci_receiver import HANG, Receiver
-from sluice_server import SluiceServer, StartError
+from sluice_server import SluiceServer, StartError, fixture_server
 
 TENANCY = "ocid1.tenancy.oc1..aaaaaaaapytesttenancy"
 USER = "ocid1.user.oc1..aaaaaaaapytestuser"
@@ -98,24 +98,6 @@ def sluice_config(path, oci_config, endpoint, compartment=COMPARTMENT, profile=P
     return path
 
 
-def start_server(config_path):
-    srv = SluiceServer(extra_args=["--config", str(config_path)])
-    try:
-        srv.start()
-    except StartError as err:
-        pytest.fail(str(err), pytrace=False)
-    assert srv.admin_addr and srv.admin_addr.startswith("127.0.0.1:"), srv.admin_addr
-    return srv
-
-
-def finish_server(srv, ok):
-    srv.stop()
-    if ok:
-        srv.remove_log()
-    else:
-        print(f"\n==== sluice log ({srv.log_path}) ====\n{srv.log_tail()}")
-
-
 @pytest.fixture(scope="module")
 def receiver():
     with Receiver() as r:
@@ -123,15 +105,10 @@ def receiver():
 
 
 @pytest.fixture(scope="module")
-def server(oci_files, receiver, tmp_path_factory):
+def server(oci_files, receiver, tmp_path_factory, request):
     config = sluice_config(tmp_path_factory.mktemp("sluice") / "sluice.toml", oci_files["config"], receiver.url)
-    srv = start_server(config)
-    ok = False
-    try:
+    with fixture_server(request, extra_args=["--config", str(config)]) as srv:
         yield srv
-        ok = True
-    finally:
-        finish_server(srv, ok)
 
 
 @pytest.fixture
@@ -378,16 +355,12 @@ def test_closed_port_does_not_slow_inference(oci_files, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # Nothing listens on `port` now: every connection is refused.
-    srv = start_server(sluice_config(tmp_path / "sluice.toml", oci_files["config"], f"http://127.0.0.1:{port}"))
-    ok = False
-    try:
+    config = sluice_config(tmp_path / "sluice.toml", oci_files["config"], f"http://127.0.0.1:{port}")
+    with SluiceServer(extra_args=["--config", str(config)]) as srv:
         assert_inference_unaffected(srv.addr)
         grew = wait_until(lambda: posts(srv.admin_addr, "retried") >= 2, timeout_s=15)
         assert grew, f"retried: {posts(srv.admin_addr, 'retried')}"
         assert posts(srv.admin_addr, "ok") == 0
-        ok = True
-    finally:
-        finish_server(srv, ok)
 
 
 def write_oci_config(path, key_file, fingerprint, drop=()):

@@ -18,7 +18,7 @@ import urllib.parse
 
 import pytest
 
-from sluice_server import MODELS, SluiceServer, StartError
+from sluice_server import MODELS, fixture_server
 
 SCRAPE_INTERVAL_S = 1
 WAIT_S = 20.0  # longest wait for Prometheus to show a value (a scrape a second, so normally about 2 s)
@@ -78,23 +78,9 @@ def repo(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sluice_srv(repo):
-    srv = SluiceServer(models=str(repo))
-    try:
-        srv.start()
-    except StartError as err:
-        pytest.fail(str(err), pytrace=False)
-    ok = False
-    try:
-        assert srv.admin_addr and srv.admin_addr.startswith("127.0.0.1:"), f"admin listens on {srv.admin_addr!r}"
+def sluice_srv(repo, request):
+    with fixture_server(request, models=str(repo)) as srv:
         yield srv
-        ok = True
-    finally:
-        srv.stop()
-        if ok:
-            srv.remove_log()
-        else:
-            print(f"\n==== sluice log ({srv.log_path}) ====\n{srv.log_tail()}")
 
 
 @pytest.fixture(scope="module")

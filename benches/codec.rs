@@ -19,6 +19,7 @@ fn bench_codec(c: &mut Criterion) {
         model_version: "1".into(),
         id: None,
         outputs: vec![NamedTensor { name: "input".into(), tensor: t.clone() }],
+        cache: None,
     };
     let json = encode_response(&response, &EncodeChoice { binary: vec![false] }).unwrap().body;
     let json_value: serde_json::Value = serde_json::from_slice(&json).unwrap();

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh clone. Fetches only from package registries (Debian, PyPI):
-#   0. Debian packages that are missing (python3-venv; with --test libb64-0d and prometheus);
+#   0. Debian packages that are missing (python3-venv; with --test libb64-0d, prometheus and redis-server);
 #   1. a Python venv (.venv) with the model-building helper (onnx, numpy) and, with --test, the test clients;
 #   2. ONNX Runtime 1.31.1's C library, taken from the PyPI wheel and checked against a pinned sha256,
 #      into .onnxruntime/ (which .cargo/config.toml points ORT_DYLIB_PATH at);
@@ -28,12 +28,14 @@ done
 log() { echo "setup: $*" >&2; }
 
 # 0. Debian packages: python3-venv always; with --test, what the tests run against (Triton's perf_analyzer links
-#    libb64; a real Prometheus scrapes the server). Installed with apt-get when running as root (CI), else named.
+#    libb64; a real Prometheus scrapes the server; a real Redis backs the shared cache tier). Installed with apt-get
+#    when running as root (CI), else named.
 need=()
 "$PYTHON" -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 if [ "$want_test" = 1 ]; then
   ldconfig -p 2>/dev/null | grep -q libb64.so.0d || need+=(libb64-0d)
   { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -2,6 +2,7 @@
 //! integration tests, which start the real server on port 0 and talk to it over the network.
 
 use crate::backend::onnx;
+use crate::cache::ResponseCache;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::json::DecodeLimits;
@@ -28,6 +29,8 @@ pub enum StartError {
     Grpc(String),
     #[error(transparent)]
     Oci(#[from] crate::scaling::oci::OciError),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 /// A running server: its addresses, and a handle to stop it.
@@ -89,9 +92,14 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 pub async fn start(config: &Config, shutdown_on: impl std::future::Future<Output = ()> + Send + 'static) -> Result<Running, StartError> {
     onnx::init_runtime(config.onnxruntime.library.as_deref())?;
     let metrics = Arc::new(Metrics::new(config.metrics.enabled));
-    let repository = Arc::new(Repository::load(&config.server.models, &config.model_defaults, &metrics)?);
+    let repository = Arc::new(Repository::load(&config.server.models, &config.model_defaults, &config.cache, &metrics)?);
     let limits = DecodeLimits { max_elements: config.server.max_tensor_elements };
-    let state = Arc::new(AppState::new(repository.clone(), limits, config.server.max_body_bytes, metrics.clone()));
+    // The cache exists only when a model uses it: no memory bound reserved, no Redis connections otherwise.
+    let cache = match repository.all().any(|m| m.cache.is_some()) {
+        true => Some(Arc::new(ResponseCache::new(&config.cache, &metrics)?)),
+        false => None,
+    };
+    let state = Arc::new(AppState::new(repository.clone(), limits, config.server.max_body_bytes, metrics.clone()).with_cache(cache.clone()));
     let (finish, finish_rx) = watch::channel(false);
     // The first snapshot is taken now, so `/scaling` lists every model from the first request on.
     let mut sampler = Sampler::new(Formula::from(&config.scaling));
@@ -151,7 +159,7 @@ pub async fn start(config: &Config, shutdown_on: impl std::future::Future<Output
         sampler.await;
         Ok(())
     }));
-    if metrics.is_enabled() {
+    if metrics.is_enabled() || cache.is_some() {
         let stop = stopped(finish_rx.clone());
         observers.push(tokio::spawn(async move {
             tokio::pin!(stop);
@@ -159,7 +167,12 @@ pub async fn start(config: &Config, shutdown_on: impl std::future::Future<Output
             loop {
                 tokio::select! {
                     _ = &mut stop => break,
-                    _ = ticks.tick() => metrics.upkeep(),
+                    _ = ticks.tick() => {
+                        metrics.upkeep();
+                        if let Some(cache) = &cache {
+                            cache.upkeep().await;
+                        }
+                    }
                 }
             }
             Ok(())

@@ -63,6 +63,14 @@ pub struct BenchArgs {
     /// Random seed for the generated inputs.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Distinct request bodies, sent in turn. With a response cache, 1..64 distinct bodies make every request after
+    /// the first round a hit.
+    #[arg(long, default_value_t = 64)]
+    pub distinct: usize,
+    /// Make every request's inputs unique (a request counter is written into the first two values of the first
+    /// input), so that with a response cache every request is a miss. HTTP with `--binary` only.
+    #[arg(long)]
+    pub unique: bool,
     /// HTTP client: `hyper` (async, default) or `blocking` (one OS thread and one keep-alive socket per client, the
     /// leanest client there is: use it to measure the gateway's added latency at low concurrency).
     #[arg(long, value_enum, default_value = "hyper")]
@@ -327,11 +335,46 @@ async fn load(args: &BenchArgs) -> Result<Value, String> {
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum Target {
-    Http { client: HttpClient, base: String, uri: hyper::Uri, bodies: Arc<Vec<(Bytes, Option<usize>)>> },
+    Http { client: HttpClient, base: String, uri: hyper::Uri, bodies: Arc<Vec<(Bytes, Option<usize>)>>, unique: Option<Arc<UniqueInputs>> },
     Grpc { clients: Arc<Vec<GrpcClient>>, model: String, version: String, requests: Arc<Vec<pb::ModelInferRequest>> },
 }
 
 type GrpcClient = pb::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>;
+
+/// Makes request bodies unique (`--unique`): the first two values of the first input's binary data (FP32 or INT64)
+/// become a per-run random number and a request counter, both exactly representable, so no two requests of a run (or
+/// of two runs) share a cache key.
+struct UniqueInputs {
+    next: std::sync::atomic::AtomicU64,
+    run: u32,
+    int64: bool,
+}
+
+impl UniqueInputs {
+    fn apply(&self, body: &(Bytes, Option<usize>)) -> (Bytes, Option<usize>) {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut patched = body.0.to_vec();
+        match body.1 {
+            Some(at) if self.int64 && at + 16 <= patched.len() => {
+                patched[at..at + 8].copy_from_slice(&i64::from(self.run).to_le_bytes());
+                patched[at + 8..at + 16].copy_from_slice(&(n as i64).to_le_bytes());
+            }
+            Some(at) if !self.int64 && at + 8 <= patched.len() => {
+                // Both below 2^24: exact as f32.
+                patched[at..at + 4].copy_from_slice(&(self.run as f32).to_le_bytes());
+                patched[at + 4..at + 8].copy_from_slice(&((n % (1 << 24)) as f32 + (n >> 24) as f32 * 0.5).to_le_bytes());
+            }
+            _ => {}
+        }
+        (Bytes::from(patched), body.1)
+    }
+}
+
+/// Differs between runs even with the same `--seed`, so a second run against the same server misses too.
+fn run_id(rng: &mut StdRng) -> u32 {
+    let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    (clock ^ rng.random::<u32>()) >> 12
+}
 
 async fn http_target(args: &BenchArgs) -> Result<Target, String> {
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -347,11 +390,23 @@ async fn http_target(args: &BenchArgs) -> Result<Target, String> {
     let signature = parse_signature(&metadata)?;
     let batching = config["max_batch_size"].as_u64().unwrap_or(0) > 0;
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let bodies = (0..64)
+    let bodies = (0..args.distinct.max(1))
         .map(|_| random_inputs(&signature, batching, args.batch, &mut rng).map(|t| encode_request(&signature, &t, args.binary)))
         .collect::<Result<_, _>>()?;
     let uri: hyper::Uri = format!("{base}/infer").parse().map_err(|e| format!("bad URL: {e}"))?;
-    Ok(Target::Http { client, base, uri, bodies: Arc::new(bodies) })
+    let unique = match args.unique {
+        false => None,
+        true if !args.binary || args.client == ClientKind::Blocking => return Err("--unique needs --binary and the hyper client".into()),
+        true => {
+            let dtype = signature.inputs.first().map(|i| i.dtype);
+            if !matches!(dtype, Some(DataType::F32 | DataType::I64)) {
+                return Err("--unique needs a model whose first input is FP32 or INT64".into());
+            }
+            let int64 = dtype == Some(DataType::I64);
+            Some(Arc::new(UniqueInputs { next: std::sync::atomic::AtomicU64::new(0), run: run_id(&mut rng), int64 }))
+        }
+    };
+    Ok(Target::Http { client, base, uri, bodies: Arc::new(bodies), unique })
 }
 
 async fn grpc_target(args: &BenchArgs) -> Result<Target, String> {
@@ -437,7 +492,8 @@ fn grpc_status(code: tonic::Code) -> u16 {
 impl Target {
     async fn send(&self, i: usize) -> Sample {
         match self {
-            Target::Http { client, uri, bodies, .. } => send(client, uri, &bodies[i % bodies.len()]).await,
+            Target::Http { client, uri, bodies, unique: None, .. } => send(client, uri, &bodies[i % bodies.len()]).await,
+            Target::Http { client, uri, bodies, unique: Some(unique), .. } => send(client, uri, &unique.apply(&bodies[i % bodies.len()])).await,
             Target::Grpc { clients, requests, .. } => {
                 let started = Instant::now();
                 let mut client = clients[i % clients.len()].clone();

@@ -30,6 +30,85 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The scaling signal and where it is published (KEDA external scaler, OCI Monitoring).
     pub scaling: ScalingConfig,
+    /// The response cache (models opt in with `[cache] enabled = true` in their model.toml).
+    pub cache: CacheConfig,
+}
+
+/// Where cached responses live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    /// In this process only.
+    Local,
+    /// In Redis only, shared between replicas.
+    Redis,
+    /// In this process, in front of Redis: local hits cost nothing, Redis hits are copied locally.
+    Tiered,
+}
+
+/// Server-wide limits of the response cache. See docs/CACHE.md.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub mode: CacheMode,
+    /// Local tier: most bytes of cached outputs (tensor data plus names and shapes), over all models.
+    pub max_bytes: u64,
+    /// An entry expires this long after it was stored (both tiers). A model's `[cache] ttl` may lower it.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Responses whose outputs are larger than this are not cached.
+    pub max_entry_bytes: usize,
+    /// Identical requests in flight at the same time run once and share the answer.
+    pub coalesce: bool,
+    pub redis: RedisConfig,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            mode: CacheMode::Local,
+            max_bytes: 256 * 1024 * 1024,
+            ttl: Duration::from_secs(300),
+            max_entry_bytes: 4 * 1024 * 1024,
+            coalesce: true,
+            redis: RedisConfig::default(),
+        }
+    }
+}
+
+/// The shared Redis tier (`mode = "redis"` or `"tiered"`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
+    pub url: String,
+    /// Multiplexed connections kept open; requests are spread over them.
+    pub pool_size: usize,
+    /// Longest wait to (re)connect.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for one GET or SET answer; past it the request is served from the model (fail-open).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// After a failure, Redis is skipped for this long before it is tried again, so an outage costs one timeout per
+    /// period instead of one per request.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// Prefix of every key Sluice writes.
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            pool_size: 4,
+            connect_timeout: Duration::from_millis(500),
+            timeout: Duration::from_millis(50),
+            retry_after: Duration::from_secs(1),
+            key_prefix: "sluice:".into(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -269,6 +348,18 @@ pub struct ModelFile {
     pub execution_providers: Option<Vec<ExecutionProviderKind>>,
     pub dynamic_batching: DynamicBatchingFile,
     pub queue: QueueFile,
+    pub cache: ModelCacheFile,
+}
+
+/// A model's `[cache]` table: whether its responses are cached.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelCacheFile {
+    /// Off unless set: only deterministic models whose answers may be shared between clients should turn it on.
+    pub enabled: bool,
+    /// Lowers the server's `cache.ttl` for this model.
+    #[serde(with = "humantime_serde::option")]
+    pub ttl: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -313,6 +404,10 @@ pub struct ModelSettings {
     pub default_priority: u32,
     /// See [`ModelDefaults::instance_thread_nice`].
     pub instance_thread_nice: i32,
+    /// Responses are cached (and identical requests coalesced).
+    pub cache_enabled: bool,
+    /// This model's entry lifetime when it lowers the server's `cache.ttl`.
+    pub cache_ttl: Option<Duration>,
 }
 
 impl ModelFile {
@@ -366,6 +461,9 @@ impl ModelFile {
         if default_priority == 0 || default_priority > priority_levels {
             return Err(invalid("queue.default_priority", format!("must be between 1 and priority_levels ({priority_levels})")));
         }
+        if self.cache.ttl.is_some_and(|t| t.is_zero()) {
+            return Err(invalid("cache.ttl", "must be above zero (to turn caching off, set cache.enabled = false)".into()));
+        }
         let mut execution_providers = self.execution_providers.clone().unwrap_or_else(|| vec![ExecutionProviderKind::Cpu]);
         if execution_providers.is_empty() {
             execution_providers.push(ExecutionProviderKind::Cpu);
@@ -383,6 +481,8 @@ impl ModelFile {
             priority_levels,
             default_priority,
             instance_thread_nice: defaults.instance_thread_nice,
+            cache_enabled: self.cache.enabled,
+            cache_ttl: self.cache.ttl,
         })
     }
 }
@@ -430,6 +530,28 @@ impl Config {
         }
         if !(scaling.activation_rate >= 0.0 && scaling.activation_rate.is_finite()) {
             return Err(invalid("scaling.activation_rate", "must be a finite number of requests per second, 0 or more"));
+        }
+        let cache = &self.cache;
+        if cache.max_bytes == 0 && cache.mode != CacheMode::Redis {
+            return Err(invalid("cache.max_bytes", "must be above zero (the local tier needs room; mode = \"redis\" has no local tier)"));
+        }
+        if cache.ttl.is_zero() {
+            return Err(invalid("cache.ttl", "must be above zero"));
+        }
+        if cache.max_entry_bytes == 0 {
+            return Err(invalid("cache.max_entry_bytes", "must be above zero"));
+        }
+        if cache.mode != CacheMode::Local {
+            let redis = &cache.redis;
+            if !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://") || redis.url.starts_with("redis+unix://") || redis.url.starts_with("unix://")) {
+                return Err(invalid("cache.redis.url", "must start with redis://, rediss:// or unix://"));
+            }
+            if redis.pool_size == 0 || redis.pool_size > 64 {
+                return Err(invalid("cache.redis.pool_size", "must be between 1 and 64"));
+            }
+            if redis.timeout.is_zero() || redis.connect_timeout.is_zero() {
+                return Err(invalid("cache.redis.timeout", "timeout and connect_timeout must be above zero"));
+            }
         }
         let oci = &scaling.oci;
         if oci.enabled {
@@ -509,5 +631,11 @@ mod tests {
         assert_eq!(shipped.scaling.oci.interval, defaults.scaling.oci.interval);
         assert_eq!(shipped.scaling.oci.max_buffered_datapoints, defaults.scaling.oci.max_buffered_datapoints);
         assert_eq!(shipped.model_defaults.queue_capacity, defaults.model_defaults.queue_capacity);
+        assert_eq!(shipped.cache.mode, defaults.cache.mode);
+        assert_eq!(shipped.cache.max_bytes, defaults.cache.max_bytes);
+        assert_eq!(shipped.cache.ttl, defaults.cache.ttl);
+        assert_eq!(shipped.cache.max_entry_bytes, defaults.cache.max_entry_bytes);
+        assert_eq!(shipped.cache.redis.timeout, defaults.cache.redis.timeout);
+        assert_eq!(shipped.cache.redis.url, defaults.cache.redis.url);
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod backend;
+pub mod cache;
 pub mod bench;
 pub mod config;
 pub mod logging;

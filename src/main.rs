@@ -107,7 +107,7 @@ fn models(args: ModelsArgs) -> Result<(), String> {
     sluice::logging::init(&sluice::config::LoggingConfig { level: "warn".into(), ..config.logging.clone() });
     runtime()?.block_on(async {
         sluice::backend::onnx::init_runtime(config.onnxruntime.library.as_deref()).map_err(|e| e.to_string())?;
-        let repo = sluice::repository::Repository::load(&config.server.models, &config.model_defaults, &sluice::metrics::Metrics::new(false)).map_err(|e| e.to_string())?;
+        let repo = sluice::repository::Repository::load(&config.server.models, &config.model_defaults, &config.cache, &sluice::metrics::Metrics::new(false)).map_err(|e| e.to_string())?;
         for m in repo.all() {
             let s = &m.settings;
             println!(

@@ -3,7 +3,9 @@
 //! The highest version of a model serves by default; the others are reachable by URL.
 
 use crate::backend::{onnx, BackendError, ModelSignature};
-use crate::config::{ConfigError, ModelDefaults, ModelFile, ModelSettings};
+use crate::cache::key::file_fingerprint;
+use crate::cache::ModelCache;
+use crate::config::{CacheConfig, ConfigError, ModelDefaults, ModelFile, ModelSettings};
 use crate::metrics::{Metrics, RequestMetrics};
 use crate::scheduler::Scheduler;
 use std::collections::BTreeMap;
@@ -21,6 +23,8 @@ pub enum RepositoryError {
     Backend(#[from] BackendError),
     #[error("model directory {0} holds no numbered version directory with a model.onnx")]
     NoVersions(PathBuf),
+    #[error("cannot read {path} to fingerprint it for the response cache: {source}")]
+    Fingerprint { path: PathBuf, source: std::io::Error },
 }
 
 /// Why a model could not be found for a request.
@@ -47,6 +51,8 @@ pub struct ModelVersion {
     pub scheduler: Scheduler,
     /// Where answered requests of this version are counted.
     pub request_metrics: RequestMetrics,
+    /// Set when the model's responses are cached (`[cache] enabled = true` in its model.toml).
+    pub cache: Option<Arc<ModelCache>>,
     ready: AtomicBool,
 }
 
@@ -85,7 +91,7 @@ fn versions_on_disk(dir: &Path) -> Result<Vec<(u64, PathBuf)>, RepositoryError> 
 impl Repository {
     /// Loads every model under `root`. Must run inside a Tokio runtime (each version starts its scheduler).
     /// Any model that fails to load fails the whole start, with a message naming the file and the problem.
-    pub fn load(root: &Path, defaults: &ModelDefaults, metrics: &Metrics) -> Result<Repository, RepositoryError> {
+    pub fn load(root: &Path, defaults: &ModelDefaults, cache: &CacheConfig, metrics: &Metrics) -> Result<Repository, RepositoryError> {
         let read = std::fs::read_dir(root).map_err(|source| RepositoryError::Read { path: root.into(), source })?;
         let mut dirs: Vec<PathBuf> = read.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
         dirs.sort();
@@ -104,7 +110,8 @@ impl Repository {
             let file = ModelFile::load(&toml_path)?;
             let mut loaded = BTreeMap::new();
             for (version, path) in versions {
-                let model = load_version(&name, version, &path, &file, defaults, &toml_path, metrics)?;
+                let files = ModelFiles { file: &file, toml_path: &toml_path };
+                let model = load_version(&name, version, &path, &files, &Shared { defaults, cache, metrics })?;
                 loaded.insert(version, Arc::new(model));
             }
             models.insert(name, loaded);
@@ -154,15 +161,22 @@ impl Repository {
     }
 }
 
-fn load_version(
-    name: &str,
-    version: u64,
-    path: &Path,
-    file: &ModelFile,
-    defaults: &ModelDefaults,
-    toml_path: &Path,
-    metrics: &Metrics,
-) -> Result<ModelVersion, RepositoryError> {
+/// What every model version is loaded with, whichever it is.
+struct Shared<'a> {
+    defaults: &'a ModelDefaults,
+    cache: &'a CacheConfig,
+    metrics: &'a Metrics,
+}
+
+/// The model's own files: its `model.toml` (already read) and where it is.
+struct ModelFiles<'a> {
+    file: &'a ModelFile,
+    toml_path: &'a Path,
+}
+
+fn load_version(name: &str, version: u64, path: &Path, files: &ModelFiles<'_>, shared: &Shared<'_>) -> Result<ModelVersion, RepositoryError> {
+    let Shared { defaults, cache, metrics } = *shared;
+    let ModelFiles { file, toml_path } = *files;
     let started = std::time::Instant::now();
     let (backend, settings) = onnx::load(path, |signature| {
         file.resolve(defaults, signature.can_batch(), toml_path)
@@ -179,6 +193,13 @@ fn load_version(
         load_ms = started.elapsed().as_millis() as u64,
         "model loaded"
     );
+    let model_cache = if settings.cache_enabled {
+        let fingerprint = file_fingerprint(path).map_err(|source| RepositoryError::Fingerprint { path: path.into(), source })?;
+        let ttl = settings.cache_ttl.map_or(cache.ttl, |t| t.min(cache.ttl));
+        Some(Arc::new(ModelCache::new(name, ttl, fingerprint, metrics)))
+    } else {
+        None
+    };
     Ok(ModelVersion {
         name: name.to_string(),
         version,
@@ -188,6 +209,7 @@ fn load_version(
         settings,
         scheduler,
         request_metrics: metrics.requests(name, version),
+        cache: model_cache,
         ready: AtomicBool::new(true),
     })
 }

@@ -97,6 +97,8 @@ fn settings(max_batch_size: usize) -> ModelSettings {
         priority_levels: 1,
         default_priority: 1,
         instance_thread_nice: 0,
+        cache_enabled: false,
+        cache_ttl: None,
     }
 }
 

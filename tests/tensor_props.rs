@@ -76,6 +76,7 @@ proptest! {
             model_version: "1".into(),
             id: Some("x".into()),
             outputs: vec![NamedTensor { name: "t".into(), tensor: t.clone() }],
+            cache: None,
         };
         let encoded = encode_response(&response, &EncodeChoice { binary: vec![binary] }).unwrap();
         // Turn the response's output into a request input and decode it with the request decoder.

@@ -38,6 +38,14 @@ pub const MODEL_ACTIVE: &str = "sluice_model_active";
 pub const OCI_POSTS: &str = "sluice_oci_posts_total";
 pub const OCI_DROPPED: &str = "sluice_oci_datapoints_dropped_total";
 pub const OCI_BUFFERED: &str = "sluice_oci_buffered_datapoints";
+pub const CACHE_REQUESTS: &str = "sluice_cache_requests_total";
+pub const CACHE_TIER_HITS: &str = "sluice_cache_tier_hits_total";
+pub const CACHE_EVICTIONS: &str = "sluice_cache_evictions_total";
+pub const CACHE_NOT_STORED: &str = "sluice_cache_not_stored_total";
+pub const CACHE_BYTES: &str = "sluice_cache_bytes";
+pub const CACHE_ENTRIES: &str = "sluice_cache_entries";
+pub const CACHE_REDIS_ERRORS: &str = "sluice_cache_redis_errors_total";
+pub const CACHE_REDIS_DURATION: &str = "sluice_cache_redis_duration_seconds";
 pub const BUILD_INFO: &str = "sluice_build_info";
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
@@ -65,6 +73,14 @@ pub const ALL: &[MetricDef] = &[
     def(OCI_POSTS, Kind::Counter, "PostMetricData calls to OCI Monitoring, by outcome: ok, retried (429, 5xx, network), rejected (other 4xx)."),
     def(OCI_DROPPED, Kind::Counter, "Datapoints not delivered to OCI Monitoring, by reason: buffer_full, too_old, rejected."),
     def(OCI_BUFFERED, Kind::Gauge, "Datapoints waiting to be posted to OCI Monitoring."),
+    def(CACHE_REQUESTS, Kind::Counter, "Inference requests of cache-enabled models, by model and result: hit, miss (computed and stored), coalesced (shared an identical request's execution), bypass (the client asked for a fresh answer)."),
+    def(CACHE_TIER_HITS, Kind::Counter, "Cache hits by the tier that answered: local or redis."),
+    def(CACHE_EVICTIONS, Kind::Counter, "Entries removed from the local tier, by reason: size (room for newer entries), expired (TTL), replaced."),
+    def(CACHE_NOT_STORED, Kind::Counter, "Computed responses not cached, by reason: too_large (over cache.max_entry_bytes)."),
+    def(CACHE_BYTES, Kind::Gauge, "Bytes held by the local cache tier (outputs' data plus names and shapes)."),
+    def(CACHE_ENTRIES, Kind::Gauge, "Entries held by the local cache tier."),
+    def(CACHE_REDIS_ERRORS, Kind::Counter, "Redis operations that failed and were served without Redis (fail-open), by op (get, set) and kind (timeout, connection, response, corrupt, skipped)."),
+    def(CACHE_REDIS_DURATION, Kind::Histogram, "Time of Redis GET and SET operations that got an answer, by op, in seconds."),
     def(BUILD_INFO, Kind::Gauge, "Always 1; the version label says which Sluice is running."),
     def(PROCESS_RSS, Kind::Gauge, "Resident memory of the Sluice process, in bytes."),
     def(PROCESS_CPU, Kind::Counter, "User and system CPU time used by the Sluice process, in seconds."),

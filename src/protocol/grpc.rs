@@ -40,6 +40,14 @@ fn integer_param(params: &HashMap<String, pb::InferParameter>, name: &str) -> Re
     }
 }
 
+fn bool_param(params: &HashMap<String, pb::InferParameter>, name: &str) -> Result<Option<bool>, DecodeError> {
+    match params.get(name).and_then(|p| p.parameter_choice.as_ref()) {
+        None => Ok(None),
+        Some(ParameterChoice::BoolParam(v)) => Ok(Some(*v)),
+        Some(other) => Err(DecodeError::Parameter { name: name.to_string(), message: format!("expected bool_param, got {}", param_kind(other)) }),
+    }
+}
+
 /// The proto field name of a parameter's value, for error messages.
 fn param_kind(choice: &ParameterChoice) -> &'static str {
     match choice {
@@ -62,6 +70,7 @@ pub fn decode_request(req: pb::ModelInferRequest, limits: DecodeLimits) -> Resul
     if let Some(us) = integer_param(&req.parameters, "timeout")? {
         params.timeout = (us > 0).then(|| Duration::from_micros(us));
     }
+    params.cache = bool_param(&req.parameters, "cache")?;
     let raw = req.raw_input_contents;
     if !raw.is_empty() && raw.len() != req.inputs.len() {
         return Err(DecodeError::Data {
@@ -182,11 +191,19 @@ pub fn encode_response(response: InferResponse) -> pb::ModelInferResponse {
         });
         raw.push(tensor.data().clone());
     }
+    let mut parameters = HashMap::new();
+    if let Some(status) = response.cache {
+        // Response metadata of Sluice's own, beside the tensors: how the response cache answered.
+        parameters.insert(
+            "sluice_cache".to_string(),
+            pb::InferParameter { parameter_choice: Some(ParameterChoice::StringParam(status.as_str().to_string())) },
+        );
+    }
     pb::ModelInferResponse {
         model_name: response.model_name,
         model_version: response.model_version,
         id: response.id.unwrap_or_default(),
-        parameters: HashMap::new(),
+        parameters,
         outputs,
         raw_output_contents: raw,
     }

@@ -83,6 +83,7 @@ pub fn decode_request(json: &[u8], binary: Bytes, limits: DecodeLimits) -> Resul
     if let Some(us) = param::<u64>(&wire.parameters, "timeout")? {
         params.timeout = (us > 0).then(|| Duration::from_micros(us));
     }
+    params.cache = param::<bool>(&wire.parameters, "cache")?;
 
     let mut inputs = Vec::with_capacity(wire.inputs.len());
     let mut binary_at = 0usize;

@@ -27,6 +27,9 @@ pub struct RequestParams {
     pub timeout: Option<Duration>,
     /// Default for outputs that don't say: send them as binary.
     pub binary_data_output: bool,
+    /// The V2 `cache` parameter: `Some(false)` asks for a fresh answer from the model (the response cache is
+    /// bypassed, and the fresh answer replaces the cached one).
+    pub cache: Option<bool>,
 }
 
 /// A decoded inference request, before it is checked against a model.
@@ -46,4 +49,6 @@ pub struct InferResponse {
     pub model_version: String,
     pub id: Option<String>,
     pub outputs: Vec<NamedTensor>,
+    /// How the response cache answered, for models that use it (`x-sluice-cache` / the `sluice_cache` parameter).
+    pub cache: Option<crate::cache::CacheStatus>,
 }

@@ -51,10 +51,10 @@ pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration>
 const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
 
 /// One inference through the shared pipeline, with the gRPC deadline counted from arrival (queue time included).
-async fn infer_one(state: &AppState, req: pb::ModelInferRequest, deadline: Option<Duration>) -> Result<pb::ModelInferResponse, ApiError> {
+async fn infer_one(state: &AppState, req: pb::ModelInferRequest, deadline: Option<Duration>, cache_control: Option<&str>) -> Result<pb::ModelInferResponse, ApiError> {
     let started = std::time::Instant::now();
     let labels = state.metrics.is_enabled().then(|| (req.model_name.clone(), req.model_version.clone()));
-    let result = infer_decoded(state, req, deadline).await;
+    let result = infer_decoded(state, req, deadline, cache_control).await;
     if let Some((model, version)) = labels {
         let code = result.as_ref().map_or_else(|e| e.status.as_u16(), |_| 200);
         state.observe_request(Protocol::Grpc, &model, Some(version.as_str()).filter(|v| !v.is_empty()), code, started);
@@ -62,12 +62,13 @@ async fn infer_one(state: &AppState, req: pb::ModelInferRequest, deadline: Optio
     result
 }
 
-async fn infer_decoded(state: &AppState, req: pb::ModelInferRequest, deadline: Option<Duration>) -> Result<pb::ModelInferResponse, ApiError> {
+async fn infer_decoded(state: &AppState, req: pb::ModelInferRequest, deadline: Option<Duration>, cache_control: Option<&str>) -> Result<pb::ModelInferResponse, ApiError> {
     let decoded = decode_request(req, state.limits)?;
     let m = pipeline::serving_model(state, &decoded.model, decoded.version.as_deref())?;
     let mut request = decoded.request;
     let budget = deadline.map(|d| d.saturating_sub(DEADLINE_MARGIN));
-    let run = pipeline::infer(state, &m, &mut request, budget);
+    let policy = pipeline::cache_policy(&request, cache_control);
+    let run = pipeline::infer(state, &m, &mut request, budget, policy);
     let response = match budget {
         None => run.await?,
         Some(budget) => tokio::time::timeout(budget, run).await.map_err(|_| {
@@ -209,8 +210,10 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_infer(&self, request: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
         let deadline = grpc_timeout(request.metadata());
+        // `cache-control: no-cache` / `no-store` as call metadata, as over HTTP.
+        let cache_control = request.metadata().get("cache-control").and_then(|v| v.to_str().ok()).map(str::to_string);
         let span = tracing::info_span!("infer", protocol = "grpc", model = %request.get_ref().model_name, request_id = %request.get_ref().id);
-        match infer_one(&self.state, request.into_inner(), deadline).instrument(span).await {
+        match infer_one(&self.state, request.into_inner(), deadline, cache_control.as_deref()).instrument(span).await {
             Ok(response) => Ok(Response::new(response)),
             Err(err) => {
                 if err.status.is_server_error() {
@@ -226,6 +229,7 @@ impl GrpcInferenceService for InferenceService {
     /// Each request of the stream runs as soon as it arrives; answers come back as they finish, matched by `id`.
     /// A failed request is answered with `error_message` (and its `id`), and the stream stays open.
     async fn model_stream_infer(&self, request: Request<Streaming<pb::ModelInferRequest>>) -> Result<Response<ResponseStream>, Status> {
+        let cache_control: Option<Arc<str>> = request.metadata().get("cache-control").and_then(|v| v.to_str().ok()).map(Arc::from);
         let mut inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ModelStreamInferResponse, Status>>(STREAM_BUFFER);
         let state = self.state.clone();
@@ -244,10 +248,10 @@ impl GrpcInferenceService for InferenceService {
                         break;
                     }
                 };
-                let (state, tx) = (state.clone(), tx.clone());
+                let (state, tx, cache_control) = (state.clone(), tx.clone(), cache_control.clone());
                 tokio::spawn(async move {
                     let id = req.id.clone();
-                    let answer = match infer_one(&state, req, None).await {
+                    let answer = match infer_one(&state, req, None, cache_control.as_deref()).await {
                         Ok(response) => pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) },
                         Err(err) => pb::ModelStreamInferResponse {
                             error_message: err.message,

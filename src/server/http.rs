@@ -201,12 +201,17 @@ async fn infer_inner(
     };
     let (json, binary) = split_body(&body, header_length)?;
     let mut request = decode_request(&json, binary, state.limits)?;
-    let response = pipeline::infer(state, &m, &mut request, None).await?;
+    let cache_control = headers.get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok());
+    let policy = pipeline::cache_policy(&request, cache_control);
+    let response = pipeline::infer(state, &m, &mut request, None, policy).await?;
     let choice = EncodeChoice::for_request(&request.outputs, &request.params, &response);
     let encoded = encode_response(&response, &choice)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the response: {e}")))?;
     let mut http = Response::new(Body::from(encoded.body));
     let h = http.headers_mut();
+    if let Some(status) = response.cache {
+        h.insert("x-sluice-cache", HeaderValue::from_static(status.as_str()));
+    }
     match encoded.json_header_length {
         Some(n) => {
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));

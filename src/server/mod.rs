@@ -22,6 +22,8 @@ pub struct AppState {
     pub limits: DecodeLimits,
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
+    /// The response cache, when a loaded model uses it.
+    pub cache: Option<Arc<crate::cache::ResponseCache>>,
     shutting_down: watch::Sender<bool>,
     /// Inferences between admission and answer, on any protocol.
     in_flight: AtomicUsize,
@@ -35,10 +37,17 @@ impl AppState {
             limits,
             max_body_bytes,
             metrics,
+            cache: None,
             shutting_down: watch::Sender::new(false),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
         }
+    }
+
+    /// Answers cache-enabled models through `cache`.
+    pub fn with_cache(mut self, cache: Option<Arc<crate::cache::ResponseCache>>) -> AppState {
+        self.cache = cache;
+        self
     }
 
     /// Ready means: not shutting down and every model loaded and ready.

@@ -1,7 +1,10 @@
 //! The protocol-neutral middle of an inference, shared by HTTP and gRPC: find the model version, check the request
-//! against it, queue it with its scheduler, and pick the requested outputs. Decoding and encoding stay with each protocol.
+//! against it, answer it from the response cache or queue it with its scheduler, and pick the requested outputs.
+//! Decoding and encoding stay with each protocol.
 
 use super::AppState;
+use crate::cache::key::{KeyBuilder, ModelIdentity};
+use crate::cache::{Outputs, Policy, ResponseCache};
 use crate::protocol::{ApiError, InferRequest, InferResponse, NamedTensor};
 use crate::repository::ModelVersion;
 use crate::scheduler::Job;
@@ -19,9 +22,32 @@ pub fn serving_model(state: &AppState, model: &str, version: Option<&str>) -> Re
     Ok(m)
 }
 
+/// The cache policy of a request: the V2 `cache` parameter, then the transport's `Cache-Control` (`header`).
+pub fn cache_policy(request: &InferRequest, header: Option<&str>) -> Policy {
+    let directives = header.unwrap_or("").split(',').map(|d| d.trim().to_ascii_lowercase());
+    let mut policy = Policy::Use;
+    for directive in directives {
+        match directive.as_str() {
+            "no-store" => return Policy::NoStore,
+            "no-cache" | "max-age=0" => policy = Policy::Refresh,
+            _ => {}
+        }
+    }
+    if request.params.cache == Some(false) {
+        policy = Policy::Refresh;
+    }
+    policy
+}
+
 /// Runs a decoded request on `m`. `deadline` (e.g. gRPC's `grpc-timeout`) lowers the queue timeout like the V2
 /// `timeout` parameter does. The request's `outputs` and `params` are only read, so callers can still use them to encode.
-pub async fn infer(state: &AppState, m: &ModelVersion, request: &mut InferRequest, deadline: Option<Duration>) -> Result<InferResponse, ApiError> {
+pub async fn infer(
+    state: &AppState,
+    m: &Arc<ModelVersion>,
+    request: &mut InferRequest,
+    deadline: Option<Duration>,
+    policy: Policy,
+) -> Result<InferResponse, ApiError> {
     let _in_flight = state.track_inference();
     let selected = m.signature.select_outputs(&request.outputs)?;
     let validated = m.signature.validate(std::mem::take(&mut request.inputs), m.settings.max_batch_size)?;
@@ -29,15 +55,40 @@ pub async fn infer(state: &AppState, m: &ModelVersion, request: &mut InferReques
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let job = Job { inputs: validated.tensors, rows: validated.rows, priority: request.params.priority, timeout };
+    let (outputs, cache) = match (&state.cache, &m.cache) {
+        (Some(cache), Some(model_cache)) => {
+            let identity = ModelIdentity { name: &m.name, version: m.version, fingerprint: &model_cache.fingerprint };
+            let key = KeyBuilder::new(&identity)
+                .inputs(m.signature.inputs.iter().map(|spec| spec.name.as_str()).zip(&validated.tensors))
+                .outputs(request.outputs.iter().map(|o| o.name.as_str()))
+                .finish();
+            // A shared execution serves every identical request, so it waits as long as the model's queue allows;
+            // this request's own deadline bounds only its own wait (see ResponseCache::run).
+            let shared_timeout = if policy == Policy::Use { None } else { timeout };
+            let job = Job { inputs: validated.tensors, rows: validated.rows, priority: request.params.priority, timeout: shared_timeout };
+            let version = m.clone();
+            let compute = async move { run_job(&version, job, &selected).await.map(Outputs::from) };
+            let wait = if policy == Policy::Use { timeout } else { None };
+            let (result, status) = ResponseCache::run(cache, key, model_cache, &m.name, policy, wait, compute).await;
+            (result?.to_vec(), Some(status))
+        }
+        _ => {
+            let job = Job { inputs: validated.tensors, rows: validated.rows, priority: request.params.priority, timeout };
+            (run_job(m, job, &selected).await?, None)
+        }
+    };
+    Ok(InferResponse { model_name: m.name.clone(), model_version: m.version_string(), id: request.id.take(), outputs, cache })
+}
+
+/// Queues a job with the model's scheduler and names the selected outputs.
+async fn run_job(m: &ModelVersion, job: Job, selected: &[usize]) -> Result<Vec<NamedTensor>, ApiError> {
     let mut outputs: Vec<Option<Tensor>> = m.scheduler.infer(job).await?.into_iter().map(Some).collect();
-    let outputs: Vec<NamedTensor> = selected
+    selected
         .iter()
         .map(|&i| {
             let tensor = outputs.get_mut(i).and_then(Option::take);
             tensor.map(|tensor| NamedTensor { name: m.signature.outputs[i].name.clone(), tensor })
         })
         .collect::<Option<_>>()
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the backend returned fewer outputs than the model declares"))?;
-    Ok(InferResponse { model_name: m.name.clone(), model_version: m.version_string(), id: request.id.take(), outputs })
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the backend returned fewer outputs than the model declares"))
 }

@@ -2,6 +2,8 @@
 //! and talk to the server over HTTP with a small hyper client.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};

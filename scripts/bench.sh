@@ -14,25 +14,14 @@ BIN=target/release/sluice
 SERVER=(taskset -c 0 "$BIN")
 CLIENT=(taskset -c 1 "$BIN")
 
-start_server() {
-  "${SERVER[@]}" serve --config config/sluice.toml --http 127.0.0.1:0 --grpc 127.0.0.1:0 --admin 127.0.0.1:0 --scaler 127.0.0.1:0 --log-format json >"$OUT/server.out" 2>"$OUT/server.log" &
-  SERVER_PID=$!
-  for _ in $(seq 1 100); do
-    ADDR=$(sed -n 's/^sluice listening http=\([^ ]*\).*/\1/p' "$OUT/server.out")
-    GRPC_ADDR=$(sed -n 's/^sluice listening .*grpc=\([^ ]*\).*/\1/p' "$OUT/server.out")
-    [ -n "$ADDR" ] && return 0
-    sleep 0.1
-  done
-  echo "server did not start" >&2; exit 1
-}
-stop_server() { kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null || true; }
-trap stop_server EXIT
+source scripts/bench_servers.sh
+trap stop_servers EXIT
 
 echo "== raw ONNX Runtime baselines (core 0, 1 thread)"
 "${SERVER[@]}" bench --baseline -m wide --threads 1 -d 10s --json >"$OUT/baseline_wide.json"
 "${SERVER[@]}" bench --baseline -m identity --threads 1 -d 3s --batch-sizes 1 --json >"$OUT/baseline_identity.json"
 
-start_server
+start_server server config/sluice.toml
 URL="http://$ADDR"
 echo "== wide, concurrency 64 ($DUR)"
 "${CLIENT[@]}" bench --url "$URL" -m wide -c 64 -d "$DUR" --warmup 2s --json >"$OUT/wide_c64_json.json"
@@ -67,6 +56,6 @@ json.dump({'data': [{'input': [random.uniform(-1, 1) for _ in range(512)]} for _
       --measurement-interval 5000 --input-data zero >"$OUT/perf_analyzer_identity_c1_$proto.txt" 2>&1 || true
   done
 fi
-stop_server
+stop_servers
 trap - EXIT
 python3 scripts/bench_summary.py "$OUT"

@@ -26,23 +26,14 @@ ln -s "$PWD/models/wide/1/model.onnx" "$REPO/wide_cached/1/model.onnx"
 sed '/^\[cache\]/,/^\[/ s/^coalesce = true/coalesce = false/' config/sluice.toml >"$OUT/sluice-no-coalesce.toml"
 grep -A12 '^\[cache\]' "$OUT/sluice-no-coalesce.toml" | grep -q '^coalesce = false' || { echo "could not turn coalescing off" >&2; exit 1; }
 
-PIDS=()
-start_server() { # name config
-  taskset -c 0 "$BIN" serve --config "$2" --models "$REPO" --http 127.0.0.1:0 --grpc 127.0.0.1:0 --admin 127.0.0.1:0 \
-    --scaler 127.0.0.1:0 --log-format json >"$OUT/$1.out" 2>"$OUT/$1.log" &
-  PIDS+=($!)
-  for _ in $(seq 1 300); do
-    addr=$(sed -n 's/^sluice listening http=\([^ ]*\).*/\1/p' "$OUT/$1.out")
-    [ -n "$addr" ] && { echo "$addr"; return 0; }
-    sleep 0.1
-  done
-  echo "server $1 did not start" >&2; exit 1
-}
-stop_servers() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; done; rm -rf "$REPO"; }
-trap stop_servers EXIT
+source scripts/bench_servers.sh
+cleanup() { stop_servers; rm -rf "$REPO"; }
+trap cleanup EXIT
 
-ON=$(start_server coalesce-on config/sluice.toml)
-OFF=$(start_server coalesce-off "$OUT/sluice-no-coalesce.toml")
+start_server coalesce-on config/sluice.toml --models "$REPO"
+ON=$ADDR
+start_server coalesce-off "$OUT/sluice-no-coalesce.toml" --models "$REPO"
+OFF=$ADDR
 stats() { curl -sf "http://$1/v2/models/wide_cached/stats"; }
 
 echo "== wide_cached, concurrency 64, HTTP binary: all hits vs all misses, $ROUNDS rounds of $DUR"
@@ -68,7 +59,7 @@ for burst in $(seq 1 "$BURSTS"); do
     stats "$addr" >"$OUT/burst_${which}_${burst}_after.json"
   done
 done
-stop_servers
+cleanup
 trap - EXIT
 
 python3 - "$OUT" "$ROUNDS" "$BURSTS" <<'PY'

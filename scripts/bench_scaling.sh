@@ -19,23 +19,13 @@ BIN=target/release/sluice
 sed '/^\[metrics\]/,/^\[/ s/^enabled = true/enabled = false/' config/sluice.toml >"$OUT/sluice-metrics-off.toml"
 grep -A3 '^\[metrics\]' "$OUT/sluice-metrics-off.toml" | grep -q '^enabled = false' || { echo "could not turn metrics off" >&2; exit 1; }
 
-PIDS=()
-start_server() { # name config
-  taskset -c 0 "$BIN" serve --config "$2" --http 127.0.0.1:0 --grpc 127.0.0.1:0 --admin 127.0.0.1:0 --scaler 127.0.0.1:0 \
-    --log-format json >"$OUT/$1.out" 2>"$OUT/$1.log" &
-  PIDS+=($!)
-  for _ in $(seq 1 100); do
-    addr=$(sed -n 's/^sluice listening http=\([^ ]*\).*/\1/p' "$OUT/$1.out")
-    [ -n "$addr" ] && { echo "$addr"; return 0; }
-    sleep 0.1
-  done
-  echo "server $1 did not start" >&2; exit 1
-}
-stop_servers() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; done; }
+source scripts/bench_servers.sh
 trap stop_servers EXIT
 
-ON=$(start_server metrics-on config/sluice.toml)
-OFF=$(start_server metrics-off "$OUT/sluice-metrics-off.toml")
+start_server metrics-on config/sluice.toml
+ON=$ADDR
+start_server metrics-off "$OUT/sluice-metrics-off.toml"
+OFF=$ADDR
 curl -sf "http://${ON%:*}:$(sed -n 's/.*admin=127.0.0.1:\([0-9]*\).*/\1/p' "$OUT/metrics-on.out")/metrics" >/dev/null \
   || { echo "metrics-on server has no /metrics" >&2; exit 1; }
 

@@ -228,6 +228,7 @@ fn cases() -> Vec<Case> {
         json_case("priority is fractional", "recommender", json!({"parameters": {"priority": 1.5}, "inputs": recommender_inputs()}), bad, &["priority"]),
         json_case("timeout is not a number", "fraud_mlp", json!({"parameters": {"timeout": "soon"}, "inputs": [g()]}), bad, &["timeout"]),
         json_case("timeout is negative", "fraud_mlp", json!({"parameters": {"timeout": -5}, "inputs": [g()]}), bad, &["timeout"]),
+        json_case("cache is not a boolean", "recommender", json!({"parameters": {"cache": "no"}, "inputs": recommender_inputs()}), bad, &["cache"]),
         // --- routing
         json_case("unknown model", "no_such_model", json!({"inputs": [g()]}), S::NOT_FOUND, &["unknown model", "no_such_model"]),
         Case {

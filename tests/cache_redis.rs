@@ -110,3 +110,34 @@ async fn replicas_share_hits_and_survive_a_redis_outage() {
         // B still skipped Redis and computed it itself: try again with a new request.
     }
 }
+
+/// A model file replaced under the same name and version never serves the old file's entries, even from a Redis that
+/// outlives the server: the file's own hash is part of the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_model_file_does_not_reuse_entries() {
+    let redis = RedisServer::start();
+    let start = |file_version: u32| {
+        let mut config = Config::default();
+        config.cache.mode = CacheMode::Redis;
+        config.cache.redis.url = redis.url();
+        // fraud_mlp's two versions have the same signature and different weights: "fm" version 1 is one, then the other.
+        let repo = TempRepo::new().model("fm", "fraud_mlp", file_version, "max_batch_size = 8\n[cache]\nenabled = true\n");
+        config.server.models = repo.path().to_path_buf();
+        start_with(config, Some(repo))
+    };
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": vec![0.25; 64]}]});
+
+    let old = start(1).await;
+    let first = old.infer("fm", &body).await;
+    assert_eq!(status_of(&first), "miss");
+    assert!(wait_for_keys(&redis, 1, Duration::from_secs(5)).await);
+    let again = old.infer("fm", &body).await;
+    assert_eq!(status_of(&again), "hit", "mode redis: the hit comes from Redis");
+    drop(old);
+
+    let new = start(2).await;
+    let replaced = new.infer("fm", &body).await;
+    assert_eq!((replaced.status, status_of(&replaced)), (StatusCode::OK, "miss"), "the old file's entry was served");
+    assert_ne!(replaced.json()["outputs"], first.json()["outputs"]);
+    assert_eq!(replaced.json()["model_version"], "1");
+}

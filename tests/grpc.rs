@@ -919,6 +919,7 @@ fn battery() -> Vec<Case> {
     cases.push(case("negative priority", with_param(good(), "priority", ParameterChoice::Int64Param(-1)), Code::InvalidArgument, &["parameter 'priority'", "must not be negative"]));
     cases.push(case("priority as a string", with_param(good(), "priority", ParameterChoice::StringParam("high".into())), Code::InvalidArgument, &["parameter 'priority'", "int64_param or uint64_param"]));
     cases.push(case("timeout as a double", with_param(good(), "timeout", ParameterChoice::DoubleParam(1.5)), Code::InvalidArgument, &["parameter 'timeout'", "int64_param or uint64_param"]));
+    cases.push(case("cache as a string", with_param(good(), "cache", ParameterChoice::StringParam("no".into())), Code::InvalidArgument, &["parameter 'cache'", "bool_param"]));
 
     // BYTES: a NUL byte or invalid UTF-8 would be mangled by ONNX Runtime; a bad length prefix is malformed.
     let strings_case = |items: &[&[u8]]| {

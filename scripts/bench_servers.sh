@@ -1,0 +1,28 @@
+# Sourced by the benchmark scripts: start `sluice serve` processes pinned to core 0 and stop them all.
+# Needs BIN (the sluice binary) and OUT (where each server's stdout and log go).
+PIDS=()
+
+# start_server NAME CONFIG [ARGS...]: starts a server on free ports of 127.0.0.1 and sets ADDR and GRPC_ADDR to its
+# HTTP and gRPC addresses.
+# (Not meant for $(...): the server's PID must reach PIDS in this shell, or stop_servers could not stop it.)
+start_server() {
+  local name=$1 config=$2
+  shift 2
+  taskset -c 0 "$BIN" serve --config "$config" --http 127.0.0.1:0 --grpc 127.0.0.1:0 --admin 127.0.0.1:0 \
+    --scaler 127.0.0.1:0 --log-format json "$@" >"$OUT/$name.out" 2>"$OUT/$name.log" &
+  PIDS+=($!)
+  ADDR=
+  for _ in $(seq 1 300); do
+    ADDR=$(sed -n 's/^sluice listening http=\([^ ]*\).*/\1/p' "$OUT/$name.out")
+    GRPC_ADDR=$(sed -n 's/^sluice listening .*grpc=\([^ ]*\).*/\1/p' "$OUT/$name.out")
+    [ -n "$ADDR" ] && return 0
+    sleep 0.1
+  done
+  echo "server $name did not start (see $OUT/$name.log)" >&2
+  exit 1
+}
+
+stop_servers() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}

@@ -4,8 +4,9 @@
 //! Hashed, in this order, each variable-length field preceded by its length so that no two different requests can
 //! produce the same byte stream: a domain tag with the key format's version; the model name; the resolved version
 //! number; the model file's own BLAKE3 hash (a replaced file under the same version number never reuses entries);
-//! every input in the model's declared order (name, datatype, shape, bytes); and the requested outputs in the order
-//! asked (the answer lists them in that order). Priority, timeouts and encoding choices are left out: they change when
+//! every input in the model's declared order (name, datatype, shape, bytes); and the outputs the answer holds, in its
+//! order (the request's selection resolved against the model: naming every output in the model's order and naming
+//! none are the same answer, and the same key). Priority, timeouts and encoding choices are left out: they change when
 //! or how an answer is sent, not what it is.
 
 use crate::tensor::{DataType, Tensor};
@@ -82,7 +83,7 @@ impl KeyBuilder {
         self
     }
 
-    /// Adds the requested output names in the order asked; empty means "all outputs".
+    /// Adds the names of the outputs the answer holds, in its order.
     pub fn outputs<'o>(mut self, names: impl IntoIterator<Item = &'o str>) -> KeyBuilder {
         let mut count = 0u64;
         for name in names {

@@ -60,7 +60,7 @@ pub async fn infer(
             let identity = ModelIdentity { name: &m.name, version: m.version, fingerprint: &model_cache.fingerprint };
             let key = KeyBuilder::new(&identity)
                 .inputs(m.signature.inputs.iter().map(|spec| spec.name.as_str()).zip(&validated.tensors))
-                .outputs(request.outputs.iter().map(|o| o.name.as_str()))
+                .outputs(selected.iter().map(|&i| m.signature.outputs[i].name.as_str()))
                 .finish();
             // A shared execution serves every identical request, so it waits as long as the model's queue allows;
             // this request's own deadline bounds only its own wait (see ResponseCache::run).

@@ -552,6 +552,9 @@ impl Config {
             if redis.timeout.is_zero() || redis.connect_timeout.is_zero() {
                 return Err(invalid("cache.redis.timeout", "timeout and connect_timeout must be above zero"));
             }
+            if redis.retry_after < Duration::from_millis(10) {
+                return Err(invalid("cache.redis.retry_after", "must be at least 10ms (it paces reconnection attempts)"));
+            }
         }
         let oci = &scaling.oci;
         if oci.enabled {

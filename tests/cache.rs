@@ -222,6 +222,37 @@ async fn versions_do_not_share_entries() {
     assert_eq!(v1_again.json()["model_version"], "1");
 }
 
+/// The version number alone keeps entries apart: two versions with the very same file (same fingerprint) still miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_file_under_two_versions_still_two_keys() {
+    let repo = TempRepo::new();
+    let dir = repo.path().join("same");
+    for v in [1, 2] {
+        std::fs::create_dir_all(dir.join(v.to_string())).unwrap();
+        std::os::unix::fs::symlink(models_dir().join("identity/1/model.onnx"), dir.join(v.to_string()).join("model.onnx")).unwrap();
+    }
+    std::fs::write(dir.join("model.toml"), CACHED_IDENTITY).unwrap();
+    let server = start_repo(repo).await;
+    let request = identity_request(7.0, 1);
+    let v1 = server.post_json("/v2/models/same/versions/1/infer", &request).await;
+    let v2 = server.post_json("/v2/models/same/versions/2/infer", &request).await;
+    assert_eq!((cache_header(&v1), cache_header(&v2)), (Some("miss"), Some("miss")));
+    assert_eq!(v2.json()["model_version"], "2");
+}
+
+/// A bad priority is refused before the cache: 400 whether or not the answer is cached, and never shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_priority_is_refused_before_the_cache() {
+    let server = start_repo(TempRepo::new().model("cached", "identity", 1, CACHED_IDENTITY)).await;
+    let request = identity_request(8.0, 1);
+    assert_eq!(cache_header(&server.infer("cached", &request).await), Some("miss"));
+    let mut bad = request.clone();
+    bad["parameters"] = json!({"priority": 9});
+    let r = server.infer("cached", &bad).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "a cached answer must not hide a bad priority");
+    assert!(r.error().contains("priority"), "{}", r.error());
+}
+
 /// Bad cache settings stop the start with a message naming the key; an unreachable Redis does not (fail-open).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_cache_settings_are_start_errors() {

@@ -27,6 +27,11 @@ impl moka::Expiry<CacheKey, Entry> for PerEntryTtl {
     fn expire_after_create(&self, _key: &CacheKey, value: &Entry, _created_at: Instant) -> Option<Duration> {
         Some(value.ttl)
     }
+
+    /// A refreshed answer (`no-cache`, `"cache": false`) lives its full lifetime from now, not the old entry's rest.
+    fn expire_after_update(&self, _key: &CacheKey, value: &Entry, _updated_at: Instant, _left: Option<Duration>) -> Option<Duration> {
+        Some(value.ttl)
+    }
 }
 
 /// Bytes an entry is charged: its tensors' data plus names and shapes, and a fixed overhead per tensor.

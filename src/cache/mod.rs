@@ -221,8 +221,10 @@ impl ResponseCache {
             if let Some(found) = redis.get(&key).await {
                 self.redis_hits.increment(1);
                 let outputs: Outputs = Arc::from(found);
-                if let Some(local) = &self.local {
-                    local.insert(key, outputs.clone(), local::weight_of(&outputs), ttl).await;
+                // Entries are bounded here too: another replica (or another writer) may have stored a larger one.
+                let weight = local::weight_of(&outputs);
+                if let (Some(local), true) = (&self.local, weight <= self.max_entry_bytes) {
+                    local.insert(key, outputs.clone(), weight, ttl).await;
                 }
                 return Ok((outputs, Origin::Cached));
             }

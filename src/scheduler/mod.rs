@@ -106,6 +106,18 @@ impl Scheduler {
         self.queue.close();
     }
 
+    /// The queue level of a request's `priority` parameter (`None` or 0: the model's default), or why it is refused.
+    /// Checked before the response cache too, so a bad priority is refused the same way whether or not it would hit,
+    /// and never becomes the answer of identical requests sharing its execution.
+    pub fn priority_level(&self, priority: Option<u32>) -> Result<u32, ScheduleError> {
+        let settings = self.queue.settings();
+        match priority {
+            None | Some(0) => Ok(settings.default_priority),
+            Some(p) if p <= settings.priority_levels => Ok(p),
+            Some(p) => Err(ScheduleError::BadPriority { model: self.queue.model().into(), given: p, levels: settings.priority_levels }),
+        }
+    }
+
     /// Queues one request and waits for its outputs (all of the model's outputs, in signature order).
     /// Dropping the returned future before it finishes withdraws the request if it has not started running.
     pub async fn infer(&self, job: Job) -> Result<Vec<Tensor>, ScheduleError> {
@@ -114,11 +126,7 @@ impl Scheduler {
         if settings.max_batch_size > 0 && job.rows > settings.max_batch_size {
             return Err(ScheduleError::TooManyRows { model: model.into(), rows: job.rows, max: settings.max_batch_size });
         }
-        let level = match job.priority {
-            None | Some(0) => settings.default_priority,
-            Some(p) if p <= settings.priority_levels => p,
-            Some(p) => return Err(ScheduleError::BadPriority { model: model.into(), given: p, levels: settings.priority_levels }),
-        };
+        let level = self.priority_level(job.priority)?;
         let timeout = job.timeout.map_or(settings.queue_timeout, |t| t.min(settings.queue_timeout));
         let now = Instant::now();
         let deadline = now + timeout;

@@ -57,6 +57,7 @@ pub async fn infer(
     };
     let (outputs, cache) = match (&state.cache, &m.cache) {
         (Some(cache), Some(model_cache)) => {
+            m.scheduler.priority_level(request.params.priority)?;
             let identity = ModelIdentity { name: &m.name, version: m.version, fingerprint: &model_cache.fingerprint };
             let key = KeyBuilder::new(&identity)
                 .inputs(m.signature.inputs.iter().map(|spec| spec.name.as_str()).zip(&validated.tensors))

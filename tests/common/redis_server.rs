@@ -17,9 +17,21 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING.
     pub fn start() -> RedisServer {
-        let mut server = RedisServer { port: free_port(), child: None };
+        RedisServer::start_on(free_port())
+    }
+
+    /// Starts a server on `port` (e.g. one a client was pointed at before the server existed).
+    pub fn start_on(port: u16) -> RedisServer {
+        let mut server = RedisServer { port, child: None };
         server.restart();
         server
+    }
+
+    /// Sends a signal to the server; SIGSTOP / SIGCONT make a Redis that keeps its connections and stops answering.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        // SAFETY: kill(2) on a child process we own; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0, "signal {signal} to redis-server");
     }
 
     pub fn url(&self) -> String {
@@ -71,7 +83,7 @@ impl RedisServer {
         Some(line)
     }
 
-    fn ping(&self) -> bool {
+    pub fn ping(&self) -> bool {
         self.command(b"PING\r\n").is_some_and(|r| r.starts_with("+PONG"))
     }
 }

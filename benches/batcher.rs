@@ -32,6 +32,7 @@ fn settings() -> ModelSettings {
         instance_thread_nice: 0,
         cache_enabled: false,
         cache_ttl: None,
+        idempotent: true,
     }
 }
 
@@ -39,7 +40,7 @@ fn bench_scheduler(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let spec = TensorSpec { name: "x".into(), dtype: DataType::F32, dims: vec![-1, 16] };
     let signature = ModelSignature { inputs: vec![spec.clone()], outputs: vec![spec] };
-    let scheduler = runtime.block_on(async { Scheduler::start("echo".into(), &signature, settings(), vec![Box::new(Echo)], sluice::metrics::ModelMetrics::noop()) });
+    let scheduler = runtime.block_on(async { Scheduler::start("echo".into(), &signature, settings(), sluice::backend::Executor::Threads(vec![Box::new(Echo)]), sluice::metrics::ModelMetrics::noop()) });
     let scheduler = std::sync::Arc::new(scheduler);
     let input = Tensor::from_slice(DataType::F32, vec![1, 16], &[0.5f32; 16]).unwrap();
     let job = || Job { inputs: vec![input.clone()], rows: 1, priority: None, timeout: None };

@@ -1,7 +1,7 @@
 //! Wiring: from a [`Config`] to a serving process with its HTTP and gRPC listeners. Used by `sluice serve` and by the
 //! integration tests, which start the real server on port 0 and talk to it over the network.
 
-use crate::backend::onnx;
+use crate::backend::{onnx, remote};
 use crate::cache::ResponseCache;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -31,6 +31,8 @@ pub enum StartError {
     Oci(#[from] crate::scaling::oci::OciError),
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
+    #[error(transparent)]
+    Remote(#[from] crate::backend::remote::RemoteError),
 }
 
 /// A running server: its addresses, and a handle to stop it.
@@ -92,8 +94,20 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 pub async fn start(config: &Config, shutdown_on: impl std::future::Future<Output = ()> + Send + 'static) -> Result<Running, StartError> {
     onnx::init_runtime(config.onnxruntime.library.as_deref())?;
     let metrics = Arc::new(Metrics::new(config.metrics.enabled));
-    let repository = Arc::new(Repository::load(&config.server.models, &config.model_defaults, &config.cache, &metrics)?);
     let limits = DecodeLimits { max_elements: config.server.max_tensor_elements };
+    // A gateway may have no local models at all: a missing repository directory is fine when upstreams serve models.
+    let mut repository = if config.upstreams.is_empty() || config.server.models.is_dir() {
+        Repository::load(&config.server.models, &config.model_defaults, &config.cache, &metrics)?
+    } else {
+        Repository::empty(&config.server.models)
+    };
+    for pool in &config.upstreams {
+        let grpc_max = config.server.grpc_max_message_bytes;
+        for remote in remote::load_pool(pool, &config.model_defaults, &metrics, grpc_max.max(config.server.max_body_bytes), limits).await? {
+            repository.add_remote(remote, &config.cache, &metrics)?;
+        }
+    }
+    let repository = Arc::new(repository);
     // The cache exists only when a model uses it: no memory bound reserved, no Redis connections otherwise.
     let cache = match repository.all().any(|m| m.cache.is_some()) {
         true => Some(Arc::new(ResponseCache::new(&config.cache, &metrics)?)),

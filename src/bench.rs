@@ -10,8 +10,8 @@
 
 use crate::backend::{onnx, BackendInstance, ModelSignature};
 use crate::config::{ModelDefaults, ModelFile};
-use crate::protocol::grpc::pb;
-use crate::protocol::json::write_tensor_data;
+use crate::protocol::grpc::{self, pb};
+use crate::protocol::{json, model_metadata, NamedTensor};
 use crate::tensor::{DataType, Tensor};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -163,64 +163,21 @@ pub fn random_inputs(signature: &ModelSignature, batching: bool, batch: usize, r
         .collect()
 }
 
-/// Encodes a V2 request body (JSON, or JSON header + binary tensors). Returns (body, json header length if binary).
-pub fn encode_request(signature: &ModelSignature, inputs: &[Tensor], binary: bool) -> (Bytes, Option<usize>) {
-    let wire_inputs: Vec<Value> = signature
-        .inputs
-        .iter()
-        .zip(inputs)
-        .map(|(spec, t)| {
-            let mut v = json!({ "name": spec.name, "shape": t.shape(), "datatype": t.dtype().v2_name() });
-            if binary {
-                v["parameters"] = json!({ "binary_data_size": t.data().len() });
-            } else {
-                let mut data = Vec::new();
-                v["data"] = match write_tensor_data(&mut data, t) {
-                    Ok(()) => serde_json::from_slice(&data).unwrap_or(Value::Null),
-                    Err(_) => Value::Null,
-                };
-            }
-            v
-        })
-        .collect();
-    let mut body = json!({ "inputs": wire_inputs });
-    if binary {
-        body["parameters"] = json!({ "binary_data_output": true });
-    }
-    let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
-    if !binary {
-        return (Bytes::from(bytes), None);
-    }
-    let header = bytes.len();
-    for t in inputs {
-        bytes.extend_from_slice(t.data());
-    }
-    (Bytes::from(bytes), Some(header))
+/// Names generated inputs after the model's signature (they are generated in signature order).
+fn named_inputs(signature: &ModelSignature, tensors: Vec<Tensor>) -> Vec<NamedTensor> {
+    signature.inputs.iter().zip(tensors).map(|(spec, tensor)| NamedTensor { name: spec.name.clone(), tensor }).collect()
 }
 
-/// Reads a model's signature and batching from the server's V2 metadata and Triton config endpoints.
-fn parse_signature(metadata: &Value) -> Result<ModelSignature, String> {
-    let specs = |key: &str| -> Result<Vec<crate::backend::TensorSpec>, String> {
-        metadata[key]
-            .as_array()
-            .ok_or_else(|| format!("model metadata has no '{key}'"))?
-            .iter()
-            .map(|t| {
-                Ok(crate::backend::TensorSpec {
-                    name: t["name"].as_str().ok_or("tensor without a name")?.to_string(),
-                    dtype: t["datatype"].as_str().and_then(DataType::from_v2_name).ok_or("unknown datatype")?,
-                    dims: t["shape"].as_array().ok_or("tensor without a shape")?.iter().filter_map(Value::as_i64).collect(),
-                })
-            })
-            .collect::<Result<_, &str>>()
-            .map_err(str::to_string)
-    };
-    Ok(ModelSignature { inputs: specs("inputs")?, outputs: specs("outputs")? })
+/// A V2 request body (JSON, or with `binary` a JSON header + binary tensors that asks for binary outputs too).
+/// Returns (body, JSON header length if binary).
+fn request_body(signature: &ModelSignature, tensors: Vec<Tensor>, binary: bool) -> Result<(Bytes, Option<usize>), String> {
+    let encoded = json::encode_request(&named_inputs(signature, tensors), binary, binary).map_err(|e| format!("cannot encode a request: {e}"))?;
+    Ok((encoded.body, encoded.json_header_length))
 }
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-async fn get_json(client: &HttpClient, url: &str) -> Result<Value, String> {
+async fn get_body(client: &HttpClient, url: &str) -> Result<Bytes, String> {
     let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL {url}: {e}"))?;
     let response = client.get(uri).await.map_err(|e| format!("GET {url}: {e}"))?;
     let status = response.status();
@@ -228,7 +185,11 @@ async fn get_json(client: &HttpClient, url: &str) -> Result<Value, String> {
     if !status.is_success() {
         return Err(format!("GET {url}: {status} {}", String::from_utf8_lossy(&body)));
     }
-    serde_json::from_slice(&body).map_err(|e| format!("GET {url}: {e}"))
+    Ok(body)
+}
+
+async fn get_json(client: &HttpClient, url: &str) -> Result<Value, String> {
+    serde_json::from_slice(&get_body(client, url).await?).map_err(|e| format!("GET {url}: {e}"))
 }
 
 /// Batch sizes the server ran (from Triton's statistics extension): size -> batches.
@@ -385,13 +346,13 @@ async fn http_target(args: &BenchArgs) -> Result<Target, String> {
         Some(v) => format!("{}/v2/models/{}/versions/{v}", url.trim_end_matches('/'), args.model),
         None => format!("{}/v2/models/{}", url.trim_end_matches('/'), args.model),
     };
-    let metadata = get_json(&client, &base).await?;
+    let metadata = get_body(&client, &base).await?;
     let config = get_json(&client, &format!("{base}/config")).await?;
-    let signature = parse_signature(&metadata)?;
+    let signature = model_metadata::from_json(&metadata).map_err(|e| format!("GET {base}: {e}"))?.signature;
     let batching = config["max_batch_size"].as_u64().unwrap_or(0) > 0;
     let mut rng = StdRng::seed_from_u64(args.seed);
     let bodies = (0..args.distinct.max(1))
-        .map(|_| random_inputs(&signature, batching, args.batch, &mut rng).map(|t| encode_request(&signature, &t, args.binary)))
+        .map(|_| request_body(&signature, random_inputs(&signature, batching, args.batch, &mut rng)?, args.binary))
         .collect::<Result<_, _>>()?;
     let uri: hyper::Uri = format!("{base}/infer").parse().map_err(|e| format!("bad URL: {e}"))?;
     let unique = match args.unique {
@@ -437,41 +398,14 @@ async fn grpc_target(args: &BenchArgs) -> Result<Target, String> {
         .await
         .map_err(|e| format!("ModelConfig: {}", e.message()))?
         .into_inner();
-    let specs = |tensors: &[pb::model_metadata_response::TensorMetadata]| -> Result<Vec<crate::backend::TensorSpec>, String> {
-        tensors
-            .iter()
-            .map(|t| {
-                Ok(crate::backend::TensorSpec {
-                    name: t.name.clone(),
-                    dtype: DataType::from_v2_name(&t.datatype).ok_or_else(|| format!("unknown datatype {}", t.datatype))?,
-                    dims: t.shape.clone(),
-                })
-            })
-            .collect()
-    };
-    let signature = ModelSignature { inputs: specs(&metadata.inputs)?, outputs: specs(&metadata.outputs)? };
+    let signature = model_metadata::from_grpc(metadata).map_err(|e| format!("ModelMetadata: {e}"))?.signature;
     let batching = config.config.is_some_and(|c| c.max_batch_size > 0);
     let mut rng = StdRng::seed_from_u64(args.seed);
+    let version_arg = Some(version.as_str()).filter(|v| !v.is_empty());
     let mut requests = Vec::new();
     for _ in 0..64 {
-        let tensors = random_inputs(&signature, batching, args.batch, &mut rng)?;
-        requests.push(pb::ModelInferRequest {
-            model_name: args.model.clone(),
-            model_version: version.clone(),
-            inputs: signature
-                .inputs
-                .iter()
-                .zip(&tensors)
-                .map(|(spec, t)| pb::model_infer_request::InferInputTensor {
-                    name: spec.name.clone(),
-                    datatype: t.dtype().v2_name().into(),
-                    shape: t.shape().iter().map(|&d| d as i64).collect(),
-                    ..Default::default()
-                })
-                .collect(),
-            raw_input_contents: tensors.iter().map(|t| t.data().clone()).collect(),
-            ..Default::default()
-        });
+        let inputs = named_inputs(&signature, random_inputs(&signature, batching, args.batch, &mut rng)?);
+        requests.push(grpc::encode_request(&args.model, version_arg, None, &inputs));
     }
     Ok(Target::Grpc { clients: Arc::new(clients), model: args.model.clone(), version, requests: Arc::new(requests) })
 }
@@ -683,13 +617,16 @@ fn baseline(args: &BenchArgs) -> Result<Value, String> {
     };
     let path = dir.join(&version).join("model.onnx");
     let file = ModelFile { threads: Some(args.threads), instances: Some(1), ..ModelFile::load(&dir.join("model.toml")).map_err(|e| e.to_string())? };
-    let (mut loaded, settings) = onnx::load(&path, |sig| {
+    let (loaded, settings) = onnx::load(&path, |sig| {
         file.resolve(&ModelDefaults::default(), sig.can_batch(), &dir.join("model.toml"))
             .map_err(|e| crate::backend::BackendError::Load { path: path.display().to_string(), message: e.to_string() })
     })
     .map_err(|e| e.to_string())?;
     let batching = settings.max_batch_size > 0;
-    let mut instance: Box<dyn BackendInstance> = loaded.instances.pop().ok_or("no instance")?;
+    let mut instance: Box<dyn BackendInstance> = match loaded.executor {
+        crate::backend::Executor::Threads(mut instances) => instances.pop().ok_or("no instance")?,
+        crate::backend::Executor::Async { .. } => return Err("the baseline runs ONNX models only".into()),
+    };
     let mut rng = StdRng::seed_from_u64(args.seed);
     let sizes: Vec<usize> = if batching { args.batch_sizes.clone() } else { vec![1] };
     let per_size = args.duration.div_f64(sizes.len().max(1) as f64);

@@ -2,7 +2,8 @@
 //! Loading a version reads its signature from the ONNX file, resolves its settings and starts its scheduler.
 //! The highest version of a model serves by default; the others are reachable by URL.
 
-use crate::backend::{onnx, BackendError, ModelSignature};
+use crate::backend::remote::LoadedRemote;
+use crate::backend::{onnx, BackendError, Executor, ModelSignature};
 use crate::cache::key::file_fingerprint;
 use crate::cache::ModelCache;
 use crate::config::{CacheConfig, ConfigError, ModelDefaults, ModelFile, ModelSettings};
@@ -25,6 +26,8 @@ pub enum RepositoryError {
     NoVersions(PathBuf),
     #[error("cannot read {path} to fingerprint it for the response cache: {source}")]
     Fingerprint { path: PathBuf, source: std::io::Error },
+    #[error("model '{0}' is both in the model repository and in an upstream pool; serve it from one place")]
+    Duplicate(String),
 }
 
 /// Why a model could not be found for a request.
@@ -122,6 +125,29 @@ impl Repository {
         Ok(Repository { root: root.into(), models })
     }
 
+    /// A repository with no local models (a gateway whose models are all remote).
+    pub fn empty(root: &Path) -> Repository {
+        Repository { root: root.into(), models: BTreeMap::new() }
+    }
+
+    /// Adds a model served by an upstream pool and starts its scheduler.
+    pub fn add_remote(&mut self, remote: LoadedRemote, cache: &CacheConfig, metrics: &Metrics) -> Result<(), RepositoryError> {
+        if self.models.contains_key(&remote.name) {
+            return Err(RepositoryError::Duplicate(remote.name));
+        }
+        let parts = VersionParts {
+            signature: remote.signature,
+            platform: "remote",
+            execution_provider: remote.execution_provider,
+            settings: remote.settings,
+            executor: remote.executor,
+            fingerprint: remote.fingerprint,
+        };
+        let model = start_version(&remote.name, remote.version, parts, &Shared { defaults: &ModelDefaults::default(), cache, metrics });
+        self.models.entry(remote.name).or_default().insert(remote.version, Arc::new(model));
+        Ok(())
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -175,15 +201,12 @@ struct ModelFiles<'a> {
 }
 
 fn load_version(name: &str, version: u64, path: &Path, files: &ModelFiles<'_>, shared: &Shared<'_>) -> Result<ModelVersion, RepositoryError> {
-    let Shared { defaults, cache, metrics } = *shared;
     let ModelFiles { file, toml_path } = *files;
     let started = std::time::Instant::now();
     let (backend, settings) = onnx::load(path, |signature| {
-        file.resolve(defaults, signature.can_batch(), toml_path)
+        file.resolve(shared.defaults, signature.can_batch(), toml_path)
             .map_err(|e| BackendError::Load { path: path.display().to_string(), message: e.to_string() })
     })?;
-    let label = format!("{name}:{version}");
-    let scheduler = Scheduler::start(label, &backend.signature, settings.clone(), backend.instances, metrics.model(name, version));
     tracing::info!(
         model = name,
         version,
@@ -193,23 +216,53 @@ fn load_version(name: &str, version: u64, path: &Path, files: &ModelFiles<'_>, s
         load_ms = started.elapsed().as_millis() as u64,
         "model loaded"
     );
-    let model_cache = if settings.cache_enabled {
-        let fingerprint = file_fingerprint(path).map_err(|source| RepositoryError::Fingerprint { path: path.into(), source })?;
-        let ttl = settings.cache_ttl.map_or(cache.ttl, |t| t.min(cache.ttl));
-        Some(Arc::new(ModelCache::new(name, ttl, fingerprint, metrics)))
-    } else {
-        None
+    // Only cached models pay for reading the file again.
+    let fingerprint = match settings.cache_enabled {
+        true => file_fingerprint(path).map_err(|source| RepositoryError::Fingerprint { path: path.into(), source })?,
+        false => [0; 32],
     };
-    Ok(ModelVersion {
-        name: name.to_string(),
-        version,
+    let parts = VersionParts {
         signature: backend.signature,
         platform: backend.platform,
         execution_provider: backend.execution_provider,
+        settings,
+        executor: backend.executor,
+        fingerprint,
+    };
+    Ok(start_version(name, version, parts, shared))
+}
+
+/// What a loaded model version is made of, wherever it runs.
+struct VersionParts {
+    signature: ModelSignature,
+    platform: &'static str,
+    execution_provider: String,
+    settings: ModelSettings,
+    executor: Executor,
+    /// Identifies the model's content in cache keys.
+    fingerprint: [u8; 32],
+}
+
+/// Starts a version's scheduler (and its cache, when the model asks for one).
+fn start_version(name: &str, version: u64, parts: VersionParts, shared: &Shared<'_>) -> ModelVersion {
+    let Shared { cache, metrics, .. } = *shared;
+    let VersionParts { signature, platform, execution_provider, settings, executor, fingerprint } = parts;
+    let label = format!("{name}:{version}");
+    let scheduler = Scheduler::start(label, &signature, settings.clone(), executor, metrics.model(name, version));
+    let model_cache = settings.cache_enabled.then(|| {
+        let ttl = settings.cache_ttl.map_or(cache.ttl, |t| t.min(cache.ttl));
+        Arc::new(ModelCache::new(name, ttl, fingerprint, metrics))
+    });
+    ModelVersion {
+        name: name.to_string(),
+        version,
+        signature,
+        platform,
+        execution_provider,
         settings,
         scheduler,
         request_metrics: metrics.requests(name, version),
         cache: model_cache,
         ready: AtomicBool::new(true),
-    })
+    }
 }

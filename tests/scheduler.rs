@@ -99,6 +99,7 @@ fn settings(max_batch_size: usize) -> ModelSettings {
         instance_thread_nice: 0,
         cache_enabled: false,
         cache_ttl: None,
+        idempotent: true,
     }
 }
 
@@ -134,7 +135,7 @@ impl Harness {
                     as Box<dyn BackendInstance>
             })
             .collect();
-        let scheduler = Arc::new(Scheduler::start("fake".into(), &signature, settings, backends, sluice::metrics::ModelMetrics::noop()));
+        let scheduler = Arc::new(Scheduler::start("fake".into(), &signature, settings, sluice::backend::Executor::Threads(backends), sluice::metrics::ModelMetrics::noop()));
         Harness { scheduler, log, started, gate: Some(gate_tx) }
     }
 

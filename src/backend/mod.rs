@@ -1,11 +1,18 @@
-//! Backends run batches. A backend is loaded once per model version and hands out instances; each instance is owned by
-//! one dedicated thread of the scheduler, so a backend may block freely inside [`BackendInstance::infer`].
+//! Backends run batches. A backend is loaded once per model version and hands the scheduler an [`Executor`]: either
+//! blocking instances, each owned by one dedicated thread (so a backend may block freely inside
+//! [`BackendInstance::infer`]), or one [`AsyncBackend`] whose work is waiting on the network (remote upstreams), which
+//! runs many batches at once on the async runtime.
 
 pub mod onnx;
+pub mod remote;
 pub mod signature;
 
 use crate::tensor::Tensor;
+pub use remote::UpstreamError;
 pub use signature::{ModelSignature, TensorSpec};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -17,12 +24,41 @@ pub enum BackendError {
     Run(String),
     #[error("ONNX Runtime is not available: {0}")]
     Runtime(String),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
 }
 
 /// One runnable copy of a model (an ONNX Runtime session, a connection, ...). Not shared between threads.
 pub trait BackendInstance: Send {
     /// Runs one batch. `inputs` follow [`ModelSignature::inputs`] order; outputs follow [`ModelSignature::outputs`].
     fn infer(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError>;
+}
+
+/// The answer of an [`AsyncBackend`]: outputs in [`ModelSignature::outputs`] order.
+pub type BackendFuture = Pin<Box<dyn Future<Output = Result<Vec<Tensor>, BackendError>> + Send + 'static>>;
+
+/// A backend that waits rather than computes: it must never block, and may run many batches at once.
+pub trait AsyncBackend: Send + Sync + 'static {
+    /// Runs one batch. `inputs` follow [`ModelSignature::inputs`] order.
+    fn infer(&self, inputs: Vec<Tensor>) -> BackendFuture;
+}
+
+/// How the scheduler runs a model's batches.
+pub enum Executor {
+    /// Blocking instances, each on its own thread; one batch per instance at a time.
+    Threads(Vec<Box<dyn BackendInstance>>),
+    /// One non-blocking backend with at most `concurrency` batches in flight, run as tasks of the async runtime.
+    Async { backend: Arc<dyn AsyncBackend>, concurrency: usize },
+}
+
+impl Executor {
+    /// Batches that may run at the same time.
+    pub fn concurrency(&self) -> usize {
+        match self {
+            Executor::Threads(instances) => instances.len(),
+            Executor::Async { concurrency, .. } => *concurrency,
+        }
+    }
 }
 
 /// What loading a model version produced.
@@ -32,5 +68,5 @@ pub struct LoadedBackend {
     pub platform: &'static str,
     /// The execution provider the sessions really run on (after any fallback), e.g. `cpu`.
     pub execution_provider: String,
-    pub instances: Vec<Box<dyn BackendInstance>>,
+    pub executor: Executor,
 }

@@ -1,7 +1,7 @@
 //! In-process ONNX Runtime through the `ort` crate, loaded at run time (`load-dynamic`) from the library that
 //! `scripts/setup.sh` takes from the PyPI wheel. Each instance owns one session; sessions never run on async workers.
 
-use super::{BackendError, BackendInstance, LoadedBackend, ModelSignature, TensorSpec};
+use super::{BackendError, BackendInstance, Executor, LoadedBackend, ModelSignature, TensorSpec};
 use crate::config::{ExecutionProviderKind, ModelSettings};
 use crate::tensor::bytemuck_lite::{as_bytes, Pod};
 use crate::tensor::{DataType, Tensor};
@@ -133,7 +133,7 @@ pub fn load(path: &Path, settings_for: impl FnOnce(&ModelSignature) -> Result<Mo
         instances.push(Box::new(OnnxInstance { session, signature: signature.clone() }));
     }
     let execution_provider = format!("{provider:?}").to_lowercase();
-    Ok((LoadedBackend { signature, platform: "onnxruntime_onnx", execution_provider, instances }, settings))
+    Ok((LoadedBackend { signature, platform: "onnxruntime_onnx", execution_provider, executor: Executor::Threads(instances) }, settings))
 }
 
 struct OnnxInstance {

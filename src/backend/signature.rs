@@ -134,6 +134,38 @@ impl ModelSignature {
             })
             .collect()
     }
+
+    /// How `other` (e.g. what a remote server reports) differs from this signature, in words, or `None` when the two
+    /// agree: the same tensor names, data types and dims (order aside: tensors travel by name), e.g.
+    /// `input 'x': FP32 [-1,4] here, FP16 [-1,4] there; output 'y': missing here, FP32 [-1] there`.
+    pub fn difference(&self, other: &ModelSignature) -> Option<String> {
+        let mut found = Vec::new();
+        spec_differences("input", &self.inputs, &other.inputs, &mut found);
+        spec_differences("output", &self.outputs, &other.outputs, &mut found);
+        (!found.is_empty()).then(|| found.join("; "))
+    }
+}
+
+/// Appends one line per tensor of `kind` that is missing on one side or declared differently.
+fn spec_differences(kind: &str, here: &[TensorSpec], there: &[TensorSpec], found: &mut Vec<String>) {
+    for h in here {
+        match there.iter().find(|t| t.name == h.name) {
+            None => found.push(format!("{kind} '{}': {} here, missing there", h.name, describe_spec(h))),
+            Some(t) if t.dtype != h.dtype || t.dims != h.dims => {
+                found.push(format!("{kind} '{}': {} here, {} there", h.name, describe_spec(h), describe_spec(t)))
+            }
+            Some(_) => {}
+        }
+    }
+    for t in there.iter().filter(|t| !here.iter().any(|h| h.name == t.name)) {
+        found.push(format!("{kind} '{}': missing here, {} there", t.name, describe_spec(t)));
+    }
+}
+
+/// A declaration as metadata shows it, e.g. `FP32 [-1,4]`.
+fn describe_spec(spec: &TensorSpec) -> String {
+    let dims: Vec<String> = spec.dims.iter().map(i64::to_string).collect();
+    format!("{} [{}]", spec.dtype, dims.join(","))
 }
 
 /// ONNX string tensors are C strings of UTF-8 text: refuse what would be mangled or truncated, before it queues.
@@ -195,5 +227,26 @@ mod tests {
         assert!(matches!(sig().validate(vec![named("a", a.clone()), named("b", b1)], 8), Err(ValidationError::BatchMismatch { .. })));
         assert!(matches!(sig().validate(vec![named("a", a.clone()), named("b", b.clone())], 1), Err(ValidationError::TooManyRows { .. })));
         assert!(matches!(sig().validate(vec![named("a", a)], 8), Err(ValidationError::MissingInput { .. })));
+    }
+
+    #[test]
+    fn difference_describes_each_disagreement() {
+        let here = sig();
+        assert_eq!(here.difference(&here), None);
+        let mut reordered = sig();
+        reordered.inputs.reverse();
+        assert_eq!(here.difference(&reordered), None, "tensors travel by name: order is not a difference");
+        let mut there = sig();
+        there.inputs[0].dtype = DataType::F16;
+        there.inputs[1].dims = vec![-1, 2];
+        there.outputs.push(TensorSpec { name: "z".into(), dtype: DataType::Bytes, dims: vec![-1] });
+        there.outputs.remove(0);
+        assert_eq!(
+            here.difference(&there).as_deref(),
+            Some(
+                "input 'a': FP32 [-1,2] here, FP16 [-1,2] there; input 'b': INT64 [-1,1] here, INT64 [-1,2] there; \
+                 output 'y': FP32 [-1,3] here, missing there; output 'z': missing here, BYTES [-1] there"
+            )
+        );
     }
 }

@@ -46,6 +46,12 @@ pub const CACHE_BYTES: &str = "sluice_cache_bytes";
 pub const CACHE_ENTRIES: &str = "sluice_cache_entries";
 pub const CACHE_REDIS_ERRORS: &str = "sluice_cache_redis_errors_total";
 pub const CACHE_REDIS_DURATION: &str = "sluice_cache_redis_duration_seconds";
+pub const UPSTREAM_REQUESTS: &str = "sluice_upstream_requests_total";
+pub const UPSTREAM_DURATION: &str = "sluice_upstream_request_duration_seconds";
+pub const UPSTREAM_OUTSTANDING: &str = "sluice_upstream_outstanding_requests";
+pub const UPSTREAM_AVAILABLE: &str = "sluice_upstream_available";
+pub const UPSTREAM_EJECTIONS: &str = "sluice_upstream_ejections_total";
+pub const UPSTREAM_RETRIES: &str = "sluice_upstream_retries_total";
 pub const BUILD_INFO: &str = "sluice_build_info";
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
@@ -81,6 +87,12 @@ pub const ALL: &[MetricDef] = &[
     def(CACHE_ENTRIES, Kind::Gauge, "Entries held by the local cache tier."),
     def(CACHE_REDIS_ERRORS, Kind::Counter, "Redis operations that failed and were served without Redis (fail-open), by op (get, set) and kind (timeout, connection, response, corrupt, skipped)."),
     def(CACHE_REDIS_DURATION, Kind::Histogram, "Time of Redis GET and SET operations that got an answer, by op, in seconds."),
+    def(UPSTREAM_REQUESTS, Kind::Counter, "Attempts sent to an upstream endpoint, by pool, endpoint and outcome: ok, connect_error, refused_stream, timeout, unavailable (503), overloaded (429), malformed, refused (other 4xx), failed (other 5xx)."),
+    def(UPSTREAM_DURATION, Kind::Histogram, "Time of one attempt to an upstream endpoint, answered or not, by pool and endpoint, in seconds."),
+    def(UPSTREAM_OUTSTANDING, Kind::Gauge, "Attempts in flight to an upstream endpoint."),
+    def(UPSTREAM_AVAILABLE, Kind::Gauge, "1 when an upstream endpoint takes traffic (healthy, not ejected, metadata agrees), else 0."),
+    def(UPSTREAM_EJECTIONS, Kind::Counter, "Times an upstream endpoint was taken out of rotation after failures in a row (passive outlier ejection)."),
+    def(UPSTREAM_RETRIES, Kind::Counter, "Retries of requests to a pool, by result: sent (to another endpoint), budget_exhausted (not sent: the retry budget was spent), deadline (not sent: no time left)."),
     def(BUILD_INFO, Kind::Gauge, "Always 1; the version label says which Sluice is running."),
     def(PROCESS_RSS, Kind::Gauge, "Resident memory of the Sluice process, in bytes."),
     def(PROCESS_CPU, Kind::Counter, "User and system CPU time used by the Sluice process, in seconds."),

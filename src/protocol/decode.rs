@@ -1,12 +1,13 @@
-//! What both codecs (JSON/binary and gRPC) share when decoding a request: the errors, the allocation limits, and the
-//! checks of datatype names and shapes that come before any tensor memory is allocated.
+//! What both codecs (JSON/binary and gRPC) share when decoding a request or a response: the errors, the allocation
+//! limits, and the checks of datatype names and shapes that come before any tensor memory is allocated.
 
 use crate::tensor::{element_count, DataType, TensorError};
+use std::fmt;
 
 /// Limits applied while decoding, so that no request can make Sluice allocate without bound.
 #[derive(Clone, Copy, Debug)]
 pub struct DecodeLimits {
-    /// Largest element count of one input tensor.
+    /// Largest element count of one tensor (a request's input, or a remote server's output).
     pub max_elements: usize,
 }
 
@@ -16,47 +17,69 @@ impl Default for DecodeLimits {
     }
 }
 
-/// Why a request body could not be decoded. Every variant maps to 400.
+/// Which side of an inference a tensor is on. The same decoder reads a request's inputs (server side) and a response's
+/// outputs (the remote backend's client side); its errors say which, so a message never calls an output an input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Input,
+    Output,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Input => "input",
+            Role::Output => "output",
+        })
+    }
+}
+
+/// Why a request or response body could not be decoded. Every variant maps to 400 when it is a client's request that
+/// failed; a remote server's bad response is the caller's to report (it is not the client's fault).
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("malformed JSON request: {0}")]
     Json(String),
+    #[error("malformed V2 response: {0}")]
+    Response(String),
     #[error("invalid Inference-Header-Content-Length: {0}")]
     HeaderLength(String),
-    #[error("input '{name}': unknown datatype '{datatype}' (expected one of BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64, BYTES)")]
-    UnknownDatatype { name: String, datatype: String },
-    #[error("input '{name}': {message}")]
-    Data { name: String, message: String },
-    #[error("input '{name}': {source}")]
-    Tensor { name: String, source: TensorError },
-    #[error("input '{name}': binary_data_size is {size} but only {left} bytes of binary data remain")]
-    BinaryShort { name: String, size: usize, left: usize },
-    #[error("{0} bytes of binary data follow the JSON header but no input claims them")]
-    BinaryLeftover(usize),
-    #[error("input '{name}' has neither 'data' nor 'parameters.binary_data_size'")]
-    NoData { name: String },
-    #[error("input '{name}' has both 'data' and 'parameters.binary_data_size'")]
-    BothData { name: String },
-    #[error("input '{name}': shape {shape:?} holds {count} elements, over the limit of {limit} (server.max_tensor_elements)")]
-    TooLarge { name: String, shape: Vec<usize>, count: String, limit: usize },
+    #[error("{role} '{name}': unknown datatype '{datatype}' (expected one of BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64, BYTES)")]
+    UnknownDatatype { role: Role, name: String, datatype: String },
+    #[error("{role} '{name}': {message}")]
+    Data { role: Role, name: String, message: String },
+    #[error("{role} '{name}': {source}")]
+    Tensor { role: Role, name: String, source: TensorError },
+    #[error("{role} '{name}': binary_data_size is {size} but only {left} bytes of binary data remain")]
+    BinaryShort { role: Role, name: String, size: usize, left: usize },
+    #[error("{bytes} bytes of binary data follow the JSON header but no {role} claims them")]
+    BinaryLeftover { role: Role, bytes: usize },
+    #[error("{role} '{name}' has neither 'data' nor 'parameters.binary_data_size'")]
+    NoData { role: Role, name: String },
+    #[error("{role} '{name}' has both 'data' and 'parameters.binary_data_size'")]
+    BothData { role: Role, name: String },
+    #[error("{role} '{name}': shape {shape:?} holds {count} elements, over the limit of {limit} (server.max_tensor_elements)")]
+    TooLarge { role: Role, name: String, shape: Vec<usize>, count: String, limit: usize },
     #[error("parameter '{name}': {message}")]
     Parameter { name: String, message: String },
-    #[error("input '{0}' appears more than once")]
-    DuplicateInput(String),
+    #[error("{role} '{name}' appears more than once")]
+    Duplicate { role: Role, name: String },
     #[error("output '{0}' is requested more than once")]
     DuplicateOutput(String),
 }
 
-/// Parses a V2 datatype name for input `name`.
-pub fn parse_datatype(name: &str, datatype: &str) -> Result<DataType, DecodeError> {
-    DataType::from_v2_name(datatype).ok_or_else(|| DecodeError::UnknownDatatype { name: name.to_string(), datatype: datatype.to_string() })
+/// Parses the V2 datatype name of tensor `name`.
+pub fn parse_datatype(role: Role, name: &str, datatype: &str) -> Result<DataType, DecodeError> {
+    DataType::from_v2_name(datatype)
+        .ok_or_else(|| DecodeError::UnknownDatatype { role, name: name.to_string(), datatype: datatype.to_string() })
 }
 
 /// Checks a wire shape (no negative dims, element count within the limit) and returns it with its element count.
-pub fn checked_shape(name: &str, dims: impl Iterator<Item = i128>, limits: DecodeLimits) -> Result<(Vec<usize>, usize), DecodeError> {
+pub fn checked_shape(role: Role, name: &str, dims: impl Iterator<Item = i128>, limits: DecodeLimits) -> Result<(Vec<usize>, usize), DecodeError> {
     let shape: Vec<usize> = dims
         .map(|d| {
             usize::try_from(d).map_err(|_| DecodeError::Data {
+                role,
                 name: name.to_string(),
                 message: format!("shape dimension {d} is not a valid size (dimensions must be 0 or more)"),
             })
@@ -65,6 +88,7 @@ pub fn checked_shape(name: &str, dims: impl Iterator<Item = i128>, limits: Decod
     match element_count(&shape) {
         Some(count) if count <= limits.max_elements => Ok((shape, count)),
         count => Err(DecodeError::TooLarge {
+            role,
             name: name.to_string(),
             count: count.map_or_else(|| "more than 2^64".to_string(), |c| c.to_string()),
             shape,

@@ -60,6 +60,9 @@ impl From<ApiError> for tonic::Status {
             StatusCode::TOO_MANY_REQUESTS => Code::ResourceExhausted,
             StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
             StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
+            StatusCode::BAD_GATEWAY => Code::Unavailable,
+            StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+            StatusCode::FORBIDDEN => Code::PermissionDenied,
             StatusCode::METHOD_NOT_ALLOWED => Code::Unimplemented,
             _ => Code::Internal,
         };
@@ -104,6 +107,28 @@ impl From<crate::scheduler::ScheduleError> for ApiError {
             }
             ScheduleError::TooManyRows { .. } | ScheduleError::BadPriority { .. } => ApiError::bad_request(err.to_string()),
             ScheduleError::Backend(_) | ScheduleError::Lost => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+            ScheduleError::Upstream(upstream) => ApiError::from(upstream.clone()),
+        }
+    }
+}
+
+impl From<crate::backend::UpstreamError> for ApiError {
+    /// Overload upstream stays overload (429) and an upstream's refusal keeps its status, so clients can act on them;
+    /// nobody able to answer is 503, a late answer 504, a broken or failed one 502 (Bad Gateway).
+    fn from(err: crate::backend::UpstreamError) -> ApiError {
+        use crate::backend::UpstreamError;
+        let message = err.to_string();
+        match err {
+            UpstreamError::Unavailable { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).with_retry_after(Duration::from_secs(1)),
+            UpstreamError::Timeout { .. } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, message),
+            UpstreamError::Malformed { .. } | UpstreamError::Failed { .. } => ApiError::new(StatusCode::BAD_GATEWAY, message),
+            UpstreamError::Overloaded { retry_after, .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).with_retry_after(retry_after.unwrap_or(Duration::from_secs(1)))
+            }
+            UpstreamError::Refused { status, .. } => {
+                let status = StatusCode::from_u16(status).ok().filter(|s| s.is_client_error()).unwrap_or(StatusCode::BAD_GATEWAY);
+                ApiError::new(status, message)
+            }
         }
     }
 }

@@ -1,9 +1,10 @@
-//! The V2 gRPC codec: `ModelInferRequest` → [`InferRequest`] and [`InferResponse`] → `ModelInferResponse`, with the same
-//! tensor rules as HTTP. Inputs may come as raw contents (one entry per input, zero-copy: the tensor slices the received
-//! buffer) or typed contents; outputs always go back as raw contents (one entry per output, sharing the tensor's bytes),
-//! which is what Triton's clients read.
+//! The V2 gRPC codec: `ModelInferRequest` → [`InferRequest`] and [`InferResponse`] → `ModelInferResponse` on the server
+//! side, and the reverse for the remote backend (a client of another V2 server), with the same tensor rules as HTTP.
+//! Tensors may come as raw contents (one entry per tensor, zero-copy: the tensor slices the received buffer) or typed
+//! contents; Sluice always sends raw contents (one entry per tensor, sharing the tensor's bytes), which is what Triton
+//! and its clients read.
 
-use super::decode::{append_integer, checked_shape, parse_datatype, DecodeError, DecodeLimits};
+use super::decode::{append_integer, checked_shape, parse_datatype, DecodeError, DecodeLimits, Role};
 use super::types::{InferRequest, InferResponse, NamedTensor, RequestParams, RequestedOutput};
 use crate::tensor::{append_byte_string, DataType, Tensor};
 use bytes::{Bytes, BytesMut};
@@ -71,35 +72,7 @@ pub fn decode_request(req: pb::ModelInferRequest, limits: DecodeLimits) -> Resul
         params.timeout = (us > 0).then(|| Duration::from_micros(us));
     }
     params.cache = bool_param(&req.parameters, "cache")?;
-    let raw = req.raw_input_contents;
-    if !raw.is_empty() && raw.len() != req.inputs.len() {
-        return Err(DecodeError::Data {
-            name: req.inputs.first().map(|i| i.name.clone()).unwrap_or_default(),
-            message: format!("raw_input_contents has {} entries but the request has {} inputs (one each is required)", raw.len(), req.inputs.len()),
-        });
-    }
-    let mut inputs: Vec<NamedTensor> = Vec::with_capacity(req.inputs.len());
-    for (i, input) in req.inputs.into_iter().enumerate() {
-        if inputs.iter().any(|t| t.name == input.name) {
-            return Err(DecodeError::DuplicateInput(input.name));
-        }
-        let dtype = parse_datatype(&input.name, &input.datatype)?;
-        let (shape, count) = checked_shape(&input.name, input.shape.iter().map(|&d| d as i128), limits)?;
-        let bytes = match raw.get(i) {
-            Some(bytes) => {
-                if input.contents.is_some() {
-                    return Err(DecodeError::Data {
-                        name: input.name,
-                        message: "has both typed contents and a raw_input_contents entry (send one or the other)".into(),
-                    });
-                }
-                bytes.clone()
-            }
-            None => typed_contents(&input, dtype, count)?,
-        };
-        let tensor = Tensor::new(dtype, shape, bytes).map_err(|source| DecodeError::Tensor { name: input.name.clone(), source })?;
-        inputs.push(NamedTensor { name: input.name, tensor });
-    }
+    let inputs = decode_tensors(Role::Input, req.inputs.into_iter().map(WireTensor::from).collect(), req.raw_input_contents, limits)?;
     let mut outputs: Vec<RequestedOutput> = Vec::with_capacity(req.outputs.len());
     for out in req.outputs {
         if outputs.iter().any(|o| o.name == out.name) {
@@ -120,16 +93,92 @@ pub fn decode_request(req: pb::ModelInferRequest, limits: DecodeLimits) -> Resul
     })
 }
 
-/// Typed `contents` of one input as V2 tensor bytes, with the element count and value ranges checked.
-fn typed_contents(input: &InferInputTensor, dtype: DataType, count: usize) -> Result<Bytes, DecodeError> {
-    let name = &input.name;
-    let c = input.contents.clone().unwrap_or_default();
-    let data_err = |message: String| DecodeError::Data { name: name.clone(), message };
+/// The parts of a tensor that a request's inputs and a response's outputs share.
+struct WireTensor {
+    name: String,
+    datatype: String,
+    shape: Vec<i64>,
+    contents: Option<pb::InferTensorContents>,
+}
+
+impl From<InferInputTensor> for WireTensor {
+    fn from(t: InferInputTensor) -> WireTensor {
+        WireTensor { name: t.name, datatype: t.datatype, shape: t.shape, contents: t.contents }
+    }
+}
+
+impl From<pb::model_infer_response::InferOutputTensor> for WireTensor {
+    fn from(t: pb::model_infer_response::InferOutputTensor) -> WireTensor {
+        WireTensor { name: t.name, datatype: t.datatype, shape: t.shape, contents: t.contents }
+    }
+}
+
+/// The message field that holds one side's raw tensor bytes, for error messages.
+fn raw_field(role: Role) -> &'static str {
+    match role {
+        Role::Input => "raw_input_contents",
+        Role::Output => "raw_output_contents",
+    }
+}
+
+/// Decodes the tensors of a request or a response. Raw contents, when present, must cover every tensor (one entry each,
+/// shared, not copied); typed contents are used otherwise.
+fn decode_tensors(role: Role, wire: Vec<WireTensor>, raw: Vec<Bytes>, limits: DecodeLimits) -> Result<Vec<NamedTensor>, DecodeError> {
+    if !raw.is_empty() && raw.len() != wire.len() {
+        let body = match role {
+            Role::Input => "request",
+            Role::Output => "response",
+        };
+        return Err(DecodeError::Data {
+            role,
+            name: wire.first().map(|t| t.name.clone()).unwrap_or_default(),
+            message: format!(
+                "{} has {} entries but the {body} has {} {role}s (one each is required)",
+                raw_field(role),
+                raw.len(),
+                wire.len()
+            ),
+        });
+    }
+    let mut tensors: Vec<NamedTensor> = Vec::with_capacity(wire.len());
+    for (i, t) in wire.into_iter().enumerate() {
+        if tensors.iter().any(|d| d.name == t.name) {
+            return Err(DecodeError::Duplicate { role, name: t.name });
+        }
+        let tensor = decode_tensor(role, &t, raw.get(i), limits)?;
+        tensors.push(NamedTensor { name: t.name, tensor });
+    }
+    Ok(tensors)
+}
+
+/// One tensor: datatype and shape first (checked before anything is allocated), then its raw entry or typed contents.
+fn decode_tensor(role: Role, t: &WireTensor, raw: Option<&Bytes>, limits: DecodeLimits) -> Result<Tensor, DecodeError> {
+    let dtype = parse_datatype(role, &t.name, &t.datatype)?;
+    let (shape, count) = checked_shape(role, &t.name, t.shape.iter().map(|&d| d as i128), limits)?;
+    let bytes = match raw {
+        Some(_) if t.contents.is_some() => {
+            return Err(DecodeError::Data {
+                role,
+                name: t.name.clone(),
+                message: format!("has both typed contents and a {} entry (send one or the other)", raw_field(role)),
+            })
+        }
+        Some(bytes) => bytes.clone(),
+        None => typed_contents(role, t, dtype, count)?,
+    };
+    Tensor::new(dtype, shape, bytes).map_err(|source| DecodeError::Tensor { role, name: t.name.clone(), source })
+}
+
+/// Typed `contents` of one tensor as V2 tensor bytes, with the element count and value ranges checked.
+fn typed_contents(role: Role, t: &WireTensor, dtype: DataType, count: usize) -> Result<Bytes, DecodeError> {
+    let empty = pb::InferTensorContents::default();
+    let c = t.contents.as_ref().unwrap_or(&empty);
+    let data_err = |message: String| DecodeError::Data { role, name: t.name.clone(), message };
     let check_len = |field: &str, len: usize| {
         if len == count {
             Ok(())
-        } else if len == 0 && input.contents.is_none() {
-            Err(data_err("has neither typed contents nor a raw_input_contents entry".into()))
+        } else if len == 0 && t.contents.is_none() {
+            Err(data_err(format!("has neither typed contents nor a {} entry", raw_field(role))))
         } else {
             Err(data_err(format!("contents.{field} holds {len} elements but the shape needs {count}")))
         }
@@ -165,7 +214,7 @@ fn typed_contents(input: &InferInputTensor, dtype: DataType, count: usize) -> Re
         DataType::U64 => integers!(c.uint64_contents, "uint64_contents"),
         DataType::F32 => floats!(c.fp32_contents, "fp32_contents"),
         DataType::F64 => floats!(c.fp64_contents, "fp64_contents"),
-        DataType::F16 => return Err(data_err("FP16 data must be sent in raw_input_contents (it has no typed contents field)".into())),
+        DataType::F16 => return Err(data_err(format!("FP16 data must be sent in {} (it has no typed contents field)", raw_field(role)))),
         DataType::Bytes => {
             check_len("bytes_contents", c.bytes_contents.len())?;
             let mut out = BytesMut::with_capacity(c.bytes_contents.iter().map(|b| b.len() + 4).sum());
@@ -185,7 +234,7 @@ pub fn encode_response(response: InferResponse) -> pb::ModelInferResponse {
         outputs.push(pb::model_infer_response::InferOutputTensor {
             name,
             datatype: tensor.dtype().v2_name().to_string(),
-            shape: tensor.shape().iter().map(|&d| d as i64).collect(),
+            shape: wire_shape(&tensor),
             parameters: HashMap::new(),
             contents: None,
         });
@@ -207,6 +256,40 @@ pub fn encode_response(response: InferResponse) -> pb::ModelInferResponse {
         outputs,
         raw_output_contents: raw,
     }
+}
+
+/// A tensor's shape as the protos carry it. Dims come from a checked tensor, so they fit an `i64`.
+fn wire_shape(tensor: &Tensor) -> Vec<i64> {
+    tensor.shape().iter().map(|&d| d as i64).collect()
+}
+
+/// Encodes a request to a remote V2 server for every output of the model (`outputs` left empty), with every input as
+/// raw contents that share the tensors' bytes. `version` `None` asks for the server's default version.
+pub fn encode_request(model: &str, version: Option<&str>, id: Option<&str>, inputs: &[NamedTensor]) -> pb::ModelInferRequest {
+    pb::ModelInferRequest {
+        model_name: model.to_string(),
+        model_version: version.unwrap_or_default().to_string(),
+        id: id.unwrap_or_default().to_string(),
+        parameters: HashMap::new(),
+        inputs: inputs
+            .iter()
+            .map(|t| InferInputTensor {
+                name: t.name.clone(),
+                datatype: t.tensor.dtype().v2_name().to_string(),
+                shape: wire_shape(&t.tensor),
+                parameters: HashMap::new(),
+                contents: None,
+            })
+            .collect(),
+        outputs: Vec::new(),
+        raw_input_contents: inputs.iter().map(|t| t.tensor.data().clone()).collect(),
+    }
+}
+
+/// Decodes the outputs of a remote V2 server's `ModelInferResponse`, by the rules requests follow: raw output contents
+/// (one entry per output, shared, not copied), or typed contents when the server sent no raw contents at all.
+pub fn decode_response(resp: pb::ModelInferResponse, limits: DecodeLimits) -> Result<Vec<NamedTensor>, DecodeError> {
+    decode_tensors(Role::Output, resp.outputs.into_iter().map(WireTensor::from).collect(), resp.raw_output_contents, limits)
 }
 
 /// Triton's model-configuration data type for a tensor data type.
@@ -268,5 +351,67 @@ mod tests {
             ..Default::default()
         };
         assert!(decode_request(short, DecodeLimits::default()).err().unwrap().to_string().contains("12 bytes"));
+    }
+
+    fn sample() -> Vec<NamedTensor> {
+        let mut out = Vec::new();
+        for dtype in DataType::ALL {
+            let tensor = match dtype.element_size() {
+                Some(size) => Tensor::new(dtype, vec![2, 3], Bytes::from((0..6 * size).map(|b| (b * 37 + 1) as u8 % 2).collect::<Vec<_>>())),
+                None => Tensor::from_byte_strings(vec![3], &[&b"a"[..], b"", b"\xff\x00"]),
+            };
+            out.push(NamedTensor { name: format!("t_{dtype}"), tensor: tensor.unwrap() });
+            out.push(NamedTensor { name: format!("empty_{dtype}"), tensor: Tensor::new(dtype, vec![0, 4], Bytes::new()).unwrap() });
+        }
+        out
+    }
+
+    #[test]
+    fn responses_round_trip_sharing_bytes() {
+        let outputs = sample();
+        let response = InferResponse { model_name: "m".into(), model_version: "1".into(), id: None, outputs: outputs.clone(), cache: None };
+        let decoded = decode_response(encode_response(response), DecodeLimits::default()).unwrap();
+        assert_eq!(decoded, outputs);
+        assert_eq!(decoded[0].tensor.data().as_ptr(), outputs[0].tensor.data().as_ptr(), "raw contents are shared, not copied");
+    }
+
+    #[test]
+    fn requests_round_trip_sharing_bytes() {
+        let inputs = sample();
+        let req = encode_request("m", Some("2"), Some("id-7"), &inputs);
+        assert_eq!(req.raw_input_contents[0].as_ptr(), inputs[0].tensor.data().as_ptr(), "raw contents are shared, not copied");
+        let decoded = decode_request(req, DecodeLimits::default()).unwrap();
+        assert_eq!((decoded.model.as_str(), decoded.version.as_deref(), decoded.request.id.as_deref()), ("m", Some("2"), Some("id-7")));
+        assert_eq!(decoded.request.inputs, inputs);
+        assert!(decoded.request.outputs.is_empty(), "every output is asked for");
+        let default_version = encode_request("m", None, None, &inputs);
+        assert_eq!((default_version.model_version.as_str(), default_version.id.as_str()), ("", ""));
+    }
+
+    #[test]
+    fn typed_output_contents_are_read_and_errors_name_the_output() {
+        let output = |datatype: &str, contents: Option<pb::InferTensorContents>| pb::model_infer_response::InferOutputTensor {
+            name: "y".into(),
+            datatype: datatype.into(),
+            shape: vec![2],
+            parameters: HashMap::new(),
+            contents,
+        };
+        let typed = pb::ModelInferResponse {
+            outputs: vec![output("FP32", Some(pb::InferTensorContents { fp32_contents: vec![1.5, -2.0], ..Default::default() }))],
+            ..Default::default()
+        };
+        let decoded = decode_response(typed, DecodeLimits::default()).unwrap();
+        assert_eq!(decoded[0].tensor, Tensor::from_slice(DataType::F32, vec![2], &[1.5f32, -2.0]).unwrap());
+        let missing = pb::ModelInferResponse { outputs: vec![output("FP32", None)], ..Default::default() };
+        let err = decode_response(missing, DecodeLimits::default()).unwrap_err().to_string();
+        assert_eq!(err, "output 'y': has neither typed contents nor a raw_output_contents entry");
+        let short = pb::ModelInferResponse {
+            outputs: vec![output("INT8", None), output("INT8", None)],
+            raw_output_contents: vec![Bytes::from_static(&[1, 2])],
+            ..Default::default()
+        };
+        let err = decode_response(short, DecodeLimits::default()).unwrap_err().to_string();
+        assert!(err.contains("raw_output_contents has 1 entries but the response has 2 outputs"), "{err}");
     }
 }

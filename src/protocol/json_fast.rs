@@ -17,7 +17,8 @@ pub fn decode_numbers(text: &str, dtype: DataType, expected: usize) -> Option<By
         return None;
     }
     let bytes = text.as_bytes();
-    let mut out = BytesMut::with_capacity(expected * size);
+    // Every element takes at least one character of text: a tiny body cannot make this allocate for a huge shape.
+    let mut out = BytesMut::with_capacity(expected.min(text.len()) * size);
     let mut count = 0usize;
     let mut depth = 0usize;
     // true when a value (number or closed array) may come next, i.e. after '[' or ','.

@@ -1,11 +1,12 @@
-//! KServe V2 (Open Inference Protocol) on the wire: request/response types, the JSON codec with the binary tensor
-//! data extension, and the one mapping from every module's errors to a status code and a V2 error body.
+//! KServe V2 (Open Inference Protocol) on the wire: request/response types, the JSON and gRPC codecs (server side, and
+//! the client side the remote backend uses) with the binary tensor data extension, model metadata, and the one mapping from every module's errors to a status code and a V2 error body.
 
 pub mod decode;
 pub mod error;
 pub mod grpc;
 pub mod json;
 mod json_fast;
+pub mod model_metadata;
 pub mod types;
 
 pub use error::ApiError;

@@ -5,12 +5,12 @@
 //! when the model asks for fuller batches).
 
 use super::queue::{Formed, Queue};
-use super::worker::{BatchJob, Handoff};
+use super::worker::{BatchJob, Dispatch};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Semaphore;
 
-pub async fn run(queue: Arc<Queue>, permits: Arc<Semaphore>, handoff: Arc<Handoff>) {
+pub async fn run(queue: Arc<Queue>, permits: Arc<Semaphore>, dispatch: Dispatch) {
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
@@ -29,9 +29,9 @@ pub async fn run(queue: Arc<Queue>, permits: Arc<Semaphore>, handoff: Arc<Handof
             }
         };
         let Some(entries) = entries else { break };
-        // Holding a permit means an instance thread is free to take this job at once.
+        // Holding a permit means an instance (thread or async slot) is free to take this job at once.
         let job = BatchJob { entries, formed: Instant::now(), _permit: permit };
-        if let Err(job) = handoff.push(job) {
+        if let Err(job) = dispatch.send(job) {
             // Every instance thread is gone: answer instead of losing the batch.
             for e in job.entries {
                 let _ = e.reply.send(Err(super::ScheduleError::Backend(format!("model '{}' has no running instance", queue.model()))));
@@ -40,5 +40,5 @@ pub async fn run(queue: Arc<Queue>, permits: Arc<Semaphore>, handoff: Arc<Handof
         }
     }
     queue.fail_all();
-    handoff.close();
+    dispatch.close();
 }

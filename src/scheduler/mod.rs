@@ -10,7 +10,7 @@ mod queue;
 pub mod stats;
 mod worker;
 
-use crate::backend::{BackendInstance, ModelSignature};
+use crate::backend::{BackendError, Executor, ModelSignature, UpstreamError};
 use crate::config::ModelSettings;
 use crate::metrics::{ModelMetrics, RejectReason};
 use crate::scaling::LoadTracker;
@@ -36,8 +36,20 @@ pub enum ScheduleError {
     BadPriority { model: String, given: u32, levels: u32 },
     #[error("{0}")]
     Backend(String),
+    #[error(transparent)]
+    Upstream(UpstreamError),
     #[error("the request was lost by the scheduler (internal error)")]
     Lost,
+}
+
+impl ScheduleError {
+    /// Keeps an upstream's failure as it is (its kind decides the client's status); other backend errors are text.
+    pub fn from_backend(err: BackendError) -> ScheduleError {
+        match err {
+            BackendError::Upstream(e) => ScheduleError::Upstream(e),
+            other => ScheduleError::Backend(other.to_string()),
+        }
+    }
 }
 
 /// What one request asks of the scheduler.
@@ -60,26 +72,31 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the batcher task (on the current Tokio runtime) and one thread per instance. `metrics` receives queue
-    /// waits, batch sizes, compute times and rejections ([`ModelMetrics::noop`] records nothing).
-    pub fn start(
-        model: String,
-        signature: &ModelSignature,
-        settings: ModelSettings,
-        instances: Vec<Box<dyn BackendInstance>>,
-        metrics: ModelMetrics,
-    ) -> Scheduler {
+    /// Starts the batcher task (on the current Tokio runtime) and, for blocking instances, one thread per instance.
+    /// `metrics` receives queue waits, batch sizes, compute times and rejections ([`ModelMetrics::noop`] records
+    /// nothing).
+    pub fn start(model: String, signature: &ModelSignature, settings: ModelSettings, executor: Executor, metrics: ModelMetrics) -> Scheduler {
+        let concurrency = executor.concurrency();
         let stats = Arc::new(ModelStats::default());
-        let load = Arc::new(LoadTracker::new(instances.len()));
+        let load = Arc::new(LoadTracker::new(concurrency));
         let queue = Arc::new(Queue::new(model.clone(), settings.clone()));
-        let handoff = Arc::new(worker::Handoff::default());
-        let permits = Arc::new(tokio::sync::Semaphore::new(instances.len()));
-        for (index, instance) in instances.into_iter().enumerate() {
-            let nice = settings.instance_thread_nice;
-            let observers = worker::Observers { stats: stats.clone(), load: load.clone(), metrics: metrics.clone(), index };
-            worker::spawn(format!("{model}#{index}"), instance, handoff.clone(), observers, signature.outputs.len(), nice);
-        }
-        tokio::spawn(batcher::run(queue.clone(), permits, handoff));
+        let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        let observers = worker::Observers { stats: stats.clone(), load: load.clone(), metrics: metrics.clone() };
+        let output_count = signature.outputs.len();
+        let dispatch = match executor {
+            Executor::Threads(instances) => {
+                let handoff = Arc::new(worker::Handoff::default());
+                for (index, instance) in instances.into_iter().enumerate() {
+                    let nice = settings.instance_thread_nice;
+                    worker::spawn(format!("{model}#{index}"), instance, handoff.clone(), observers.clone(), index, output_count, nice);
+                }
+                worker::Dispatch::Threads(handoff)
+            }
+            Executor::Async { backend, concurrency } => {
+                worker::Dispatch::Async(worker::AsyncRunner::new(backend, concurrency, observers, output_count))
+            }
+        };
+        tokio::spawn(batcher::run(queue.clone(), permits, dispatch));
         Scheduler { queue, stats, load, metrics }
     }
 

@@ -1,9 +1,10 @@
-//! Instance threads: each owns one backend instance and runs the batches the batcher hands it, off the async runtime.
+//! Running formed batches: instance threads (each owns one blocking backend instance and runs the batches the batcher
+//! hands it, off the async runtime) or, for an async backend, one task per batch. Both report and answer the same way.
 
 use super::queue::Entry;
 use super::stats::{BatchTiming, ModelStats};
 use super::ScheduleError;
-use crate::backend::BackendInstance;
+use crate::backend::{AsyncBackend, BackendInstance};
 use crate::metrics::ModelMetrics;
 use crate::scaling::LoadTracker;
 use crate::tensor::Tensor;
@@ -91,21 +92,96 @@ fn lower_priority(nice: i32) {
     }
 }
 
-/// What an instance thread reports each batch to.
+/// What a batch reports to, whichever executor runs it.
+#[derive(Clone)]
 pub struct Observers {
     pub stats: Arc<ModelStats>,
     pub load: Arc<LoadTracker>,
     pub metrics: ModelMetrics,
-    /// This instance's index among the model's instances.
-    pub index: usize,
 }
 
-/// Starts the thread that owns `instance` and runs the jobs of `handoff` until it closes.
+/// Where the batcher sends formed batches.
+pub enum Dispatch {
+    /// To the instance threads.
+    Threads(Arc<Handoff>),
+    /// To tasks of the async runtime, one per batch.
+    Async(AsyncRunner),
+}
+
+impl Dispatch {
+    /// Starts `job`; gives it back when nothing is left to run it.
+    pub fn send(&self, job: BatchJob) -> Result<(), BatchJob> {
+        match self {
+            Dispatch::Threads(handoff) => handoff.push(job),
+            Dispatch::Async(runner) => {
+                runner.spawn(job);
+                Ok(())
+            }
+        }
+    }
+
+    /// No more batches will come.
+    pub fn close(&self) {
+        if let Dispatch::Threads(handoff) = self {
+            handoff.close();
+        }
+    }
+}
+
+/// Runs the batches of an [`AsyncBackend`] as tasks; the batcher's permits bound how many run at once.
+pub struct AsyncRunner {
+    backend: Arc<dyn AsyncBackend>,
+    observers: Observers,
+    output_count: usize,
+    /// Indexes of the load tracker's "instances" not in use: each running batch holds one, so busy time is counted
+    /// per concurrent slot as it is per instance thread.
+    free_slots: Arc<Mutex<Vec<usize>>>,
+}
+
+impl AsyncRunner {
+    pub fn new(backend: Arc<dyn AsyncBackend>, concurrency: usize, observers: Observers, output_count: usize) -> AsyncRunner {
+        let free_slots = Arc::new(Mutex::new((0..concurrency).rev().collect()));
+        AsyncRunner { backend, observers, output_count, free_slots }
+    }
+
+    fn spawn(&self, job: BatchJob) {
+        let backend = self.backend.clone();
+        let observers = self.observers.clone();
+        let output_count = self.output_count;
+        let free_slots = self.free_slots.clone();
+        // The batcher holds a permit per slot, so a slot is always free here; 0 is a harmless fallback.
+        let slot = free_slots.lock().pop().unwrap_or(0);
+        tokio::spawn(async move {
+            let BatchJob { entries, formed, _permit } = job;
+            let begun = Begun::new(&entries, formed, &observers, slot);
+            let mut timing = begun.timing;
+            let result = async {
+                let started = Instant::now();
+                let inputs = join_inputs(&entries)?;
+                let ran = Instant::now();
+                timing.input = ran - started;
+                let outputs = backend.infer(inputs).await.map_err(ScheduleError::from_backend);
+                let done = Instant::now();
+                timing.infer = done - ran;
+                let per_request = split_outputs(outputs?, &begun.rows, output_count);
+                timing.output = done.elapsed();
+                per_request
+            }
+            .await;
+            begun.finish(entries, result, timing, &observers);
+            free_slots.lock().push(slot);
+        });
+    }
+}
+
+/// Starts the thread that owns `instance` (the model's instance number `index`) and runs the jobs of `handoff` until
+/// it closes.
 pub fn spawn(
     name: String,
     mut instance: Box<dyn BackendInstance>,
     handoff: Arc<Handoff>,
     observers: Observers,
+    index: usize,
     output_count: usize,
     nice: i32,
 ) {
@@ -114,7 +190,7 @@ pub fn spawn(
     let spawned = std::thread::Builder::new().name(format!("sluice-{name}")).spawn(move || {
         lower_priority(nice);
         while let Some(job) = thread_handoff.pop() {
-            run_batch(instance.as_mut(), job, &observers, output_count);
+            run_batch(instance.as_mut(), job, &observers, index, output_count);
         }
         thread_handoff.state.lock().takers -= 1;
     });
@@ -124,40 +200,91 @@ pub fn spawn(
     }
 }
 
-fn run_batch(instance: &mut dyn BackendInstance, job: BatchJob, observers: &Observers, output_count: usize) {
-    let BatchJob { entries, formed, _permit } = job;
-    let started = Instant::now();
-    observers.load.batch_started(observers.index, started);
-    let rows: Vec<usize> = entries.iter().map(|e| e.rows).collect();
-    let total_rows: usize = rows.iter().sum();
-    let mut queue_total = std::time::Duration::ZERO;
-    for e in &entries {
-        let waited = formed.saturating_duration_since(e.enqueued);
-        observers.metrics.queue_duration.record(waited.as_secs_f64());
-        queue_total += waited;
-    }
-    let mut timing = BatchTiming { queue: queue_total, ..BatchTiming::default() };
-    let result = execute(instance, &entries, &rows, output_count, &mut timing);
-    observers.load.batch_finished(observers.index, total_rows, Instant::now());
-    observers.metrics.compute_duration.record((timing.input + timing.infer + timing.output).as_secs_f64());
-    observers.metrics.batch_size.record(total_rows as f64);
-    observers.stats.record_batch(entries.len(), total_rows, timing, result.is_ok());
-    match result {
-        Ok(per_request) => {
-            for (entry, outputs) in entries.into_iter().zip(per_request) {
-                let _ = entry.reply.send(Ok(outputs));
-            }
+/// A batch that has started: what its end must report.
+struct Begun {
+    index: usize,
+    rows: Vec<usize>,
+    total_rows: usize,
+    timing: BatchTiming,
+}
+
+impl Begun {
+    /// Records each request's queue wait and marks the instance (or slot) `index` busy.
+    fn new(entries: &[Entry], formed: Instant, observers: &Observers, index: usize) -> Begun {
+        observers.load.batch_started(index, Instant::now());
+        let rows: Vec<usize> = entries.iter().map(|e| e.rows).collect();
+        let total_rows = rows.iter().sum();
+        let mut queue_total = std::time::Duration::ZERO;
+        for e in entries {
+            let waited = formed.saturating_duration_since(e.enqueued);
+            observers.metrics.queue_duration.record(waited.as_secs_f64());
+            queue_total += waited;
         }
-        Err(err) => {
-            tracing::warn!(error = %err, batch = entries.len(), "batch failed");
-            for entry in entries {
-                let _ = entry.reply.send(Err(err.clone()));
+        Begun { index, rows, total_rows, timing: BatchTiming { queue: queue_total, ..BatchTiming::default() } }
+    }
+
+    /// Records the batch and gives every request its one answer.
+    fn finish(self, entries: Vec<Entry>, result: Result<Vec<Vec<Tensor>>, ScheduleError>, timing: BatchTiming, observers: &Observers) {
+        observers.load.batch_finished(self.index, self.total_rows, Instant::now());
+        observers.metrics.compute_duration.record((timing.input + timing.infer + timing.output).as_secs_f64());
+        observers.metrics.batch_size.record(self.total_rows as f64);
+        observers.stats.record_batch(entries.len(), self.total_rows, timing, result.is_ok());
+        match result {
+            Ok(per_request) => {
+                for (entry, outputs) in entries.into_iter().zip(per_request) {
+                    let _ = entry.reply.send(Ok(outputs));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, batch = entries.len(), "batch failed");
+                for entry in entries {
+                    let _ = entry.reply.send(Err(err.clone()));
+                }
             }
         }
     }
 }
 
-/// Joins the inputs, runs them, checks the outputs and splits them back per request, timing each phase.
+fn run_batch(instance: &mut dyn BackendInstance, job: BatchJob, observers: &Observers, index: usize, output_count: usize) {
+    let BatchJob { entries, formed, _permit } = job;
+    let begun = Begun::new(&entries, formed, observers, index);
+    let mut timing = begun.timing;
+    let result = execute(instance, &entries, &begun.rows, output_count, &mut timing);
+    begun.finish(entries, result, timing, observers);
+}
+
+fn backend_err(message: String) -> ScheduleError {
+    ScheduleError::Backend(message)
+}
+
+/// Joins the requests' inputs along dim 0 (a single request's inputs are shared, not copied).
+fn join_inputs(entries: &[Entry]) -> Result<Vec<Tensor>, ScheduleError> {
+    let input_count = entries.first().map_or(0, |e| e.inputs.len());
+    (0..input_count)
+        .map(|i| Tensor::concat(&entries.iter().map(|e| &e.inputs[i]).collect::<Vec<_>>()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| backend_err(format!("cannot form batch: {e}")))
+}
+
+/// Checks the batch's outputs and splits them back per request (slices, no copies).
+fn split_outputs(outputs: Vec<Tensor>, rows: &[usize], output_count: usize) -> Result<Vec<Vec<Tensor>>, ScheduleError> {
+    if outputs.len() != output_count {
+        return Err(backend_err(format!("the backend returned {} outputs, expected {output_count}", outputs.len())));
+    }
+    if rows.len() == 1 {
+        return Ok(vec![outputs]);
+    }
+    let mut per_request: Vec<Vec<Tensor>> = (0..rows.len()).map(|_| Vec::with_capacity(outputs.len())).collect();
+    for output in &outputs {
+        let pieces = output.split(rows).map_err(|e| backend_err(format!("cannot split the batch's outputs: {e}")))?;
+        for (slot, piece) in per_request.iter_mut().zip(pieces) {
+            slot.push(piece);
+        }
+    }
+    Ok(per_request)
+}
+
+/// Joins the inputs, runs them on a blocking instance, checks the outputs and splits them back, timing each phase.
 fn execute(
     instance: &mut dyn BackendInstance,
     entries: &[Entry],
@@ -165,13 +292,8 @@ fn execute(
     output_count: usize,
     timing: &mut BatchTiming,
 ) -> Result<Vec<Vec<Tensor>>, ScheduleError> {
-    let backend_err = |m: String| ScheduleError::Backend(m);
     let started = Instant::now();
-    let input_count = entries.first().map_or(0, |e| e.inputs.len());
-    let inputs: Vec<Tensor> = (0..input_count)
-        .map(|i| Tensor::concat(&entries.iter().map(|e| &e.inputs[i]).collect::<Vec<_>>()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| backend_err(format!("cannot form batch: {e}")))?;
+    let inputs = join_inputs(entries)?;
     let ran = Instant::now();
     timing.input = ran - started;
     let outputs = catch_unwind(AssertUnwindSafe(|| instance.infer(&inputs)));
@@ -179,21 +301,8 @@ fn execute(
     timing.infer = done - ran;
     let outputs = outputs
         .map_err(|_| backend_err("the backend panicked while running the batch".into()))?
-        .map_err(|e| backend_err(e.to_string()))?;
-    if outputs.len() != output_count {
-        return Err(backend_err(format!("the backend returned {} outputs, expected {output_count}", outputs.len())));
-    }
-    if entries.len() == 1 {
-        timing.output = done.elapsed();
-        return Ok(vec![outputs]);
-    }
-    let mut per_request: Vec<Vec<Tensor>> = (0..entries.len()).map(|_| Vec::with_capacity(outputs.len())).collect();
-    for output in &outputs {
-        let pieces = output.split(rows).map_err(|e| backend_err(format!("cannot split the batch's outputs: {e}")))?;
-        for (slot, piece) in per_request.iter_mut().zip(pieces) {
-            slot.push(piece);
-        }
-    }
+        .map_err(ScheduleError::from_backend)?;
+    let per_request = split_outputs(outputs, rows, output_count);
     timing.output = done.elapsed();
-    Ok(per_request)
+    per_request
 }

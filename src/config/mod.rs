@@ -1,6 +1,9 @@
 //! Typed, validated configuration: the server file (`config/sluice.toml`) and each model's `model.toml`.
 //! Every default lives here; every error names the file and the key.
 
+mod upstream;
+
+pub use upstream::{EjectionConfig, HealthCheckConfig, UpstreamConfig, UpstreamProtocol};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,6 +35,8 @@ pub struct Config {
     pub scaling: ScalingConfig,
     /// The response cache (models opt in with `[cache] enabled = true` in their model.toml).
     pub cache: CacheConfig,
+    /// Pools of remote V2 servers whose models this server serves (gateway / sidecar). See docs/REMOTE.md.
+    pub upstreams: Vec<UpstreamConfig>,
 }
 
 /// Where cached responses live.
@@ -349,6 +354,9 @@ pub struct ModelFile {
     pub dynamic_batching: DynamicBatchingFile,
     pub queue: QueueFile,
     pub cache: ModelCacheFile,
+    /// Whether running a request twice is harmless (remote models: a request may then be retried on another endpoint
+    /// after a timeout or a broken connection). Default true; set false for models with side effects.
+    pub idempotent: Option<bool>,
 }
 
 /// A model's `[cache]` table: whether its responses are cached.
@@ -408,6 +416,8 @@ pub struct ModelSettings {
     pub cache_enabled: bool,
     /// This model's entry lifetime when it lowers the server's `cache.ttl`.
     pub cache_ttl: Option<Duration>,
+    /// See [`ModelFile::idempotent`].
+    pub idempotent: bool,
 }
 
 impl ModelFile {
@@ -483,6 +493,7 @@ impl ModelFile {
             instance_thread_nice: defaults.instance_thread_nice,
             cache_enabled: self.cache.enabled,
             cache_ttl: self.cache.ttl,
+            idempotent: self.idempotent.unwrap_or(true),
         })
     }
 }
@@ -554,6 +565,16 @@ impl Config {
             }
             if redis.retry_after < Duration::from_millis(10) {
                 return Err(invalid("cache.redis.retry_after", "must be at least 10ms (it paces reconnection attempts)"));
+            }
+        }
+        let mut served = std::collections::BTreeSet::new();
+        for (i, pool) in self.upstreams.iter().enumerate() {
+            pool.validate(path)?;
+            if self.upstreams[..i].iter().any(|p| p.name == pool.name) {
+                return Err(invalid("upstreams.name", &format!("'{}' names two pools", pool.name)));
+            }
+            if let Some(model) = pool.models.iter().find(|m| !served.insert(m.as_str())) {
+                return Err(invalid("upstreams.models", &format!("'{model}' is served by two pools (or listed twice)")));
             }
         }
         let oci = &scaling.oci;

@@ -1,0 +1,249 @@
+//! One upstream endpoint: its connection handle, its load (outstanding attempts, peak-EWMA latency), its health
+//! (active checks with thresholds, passive ejection with exponential back-off) and its metrics.
+
+use super::transport::EndpointClient;
+use crate::config::{EjectionConfig, HealthCheckConfig};
+use crate::metrics::{catalogue, Metrics};
+use ::metrics::{Counter, Gauge, Histogram};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How fast an endpoint's latency estimate forgets: after this long without answers it has decayed to 1/e, so an
+/// endpoint once slow is tried again eventually (and one that was never measured looks fast).
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// Attempt outcomes, the `outcome` label of `sluice_upstream_requests_total`.
+pub const OUTCOMES: [&str; 9] =
+    ["ok", "connect_error", "refused_stream", "timeout", "unavailable", "overloaded", "malformed", "refused", "failed"];
+
+struct EndpointMetrics {
+    outcomes: Vec<Counter>,
+    duration: Histogram,
+    outstanding: Gauge,
+    available: Gauge,
+    ejections: Counter,
+}
+
+/// What the active checks and the passive ejection know about an endpoint.
+#[derive(Debug)]
+struct Health {
+    /// Verdict of the active checks; an endpoint starts healthy so traffic flows at once.
+    healthy: bool,
+    passes_in_row: u32,
+    failures_in_row: u32,
+    /// Attempt failures in a row (passive).
+    attempt_failures: u32,
+    ejected_until: Option<Instant>,
+    /// Ejections since the last success: the next ejection lasts `base_time * 2^ejections`.
+    ejections: u32,
+    /// Its model metadata matches the pool's (checked before the endpoint gets traffic).
+    verified: bool,
+    /// Its metadata disagreed: never used.
+    mismatch: Option<String>,
+}
+
+pub struct Endpoint {
+    /// `host:port` as listed or resolved.
+    pub address: String,
+    pub client: EndpointClient,
+    outstanding: AtomicUsize,
+    slots: Arc<Semaphore>,
+    /// (estimate in seconds, when it was last updated).
+    latency: Mutex<(f64, Instant)>,
+    health: Mutex<Health>,
+    metrics: EndpointMetrics,
+}
+
+/// An attempt in flight: counted as outstanding until dropped.
+pub struct InFlight<'a> {
+    endpoint: &'a Endpoint,
+    started: Instant,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let left = self.endpoint.outstanding.fetch_sub(1, Ordering::AcqRel) - 1;
+        self.endpoint.metrics.outstanding.set(left as f64);
+    }
+}
+
+impl InFlight<'_> {
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+}
+
+impl Endpoint {
+    pub fn new(pool: &str, address: String, client: EndpointClient, max_concurrency: usize, metrics: &Metrics) -> Endpoint {
+        let labels = [("pool", pool), ("endpoint", address.as_str())];
+        let endpoint_metrics = EndpointMetrics {
+            outcomes: OUTCOMES
+                .iter()
+                .map(|o| metrics.counter(catalogue::UPSTREAM_REQUESTS, &[labels[0], labels[1], ("outcome", o)]))
+                .collect(),
+            duration: metrics.histogram(catalogue::UPSTREAM_DURATION, &labels),
+            outstanding: metrics.gauge(catalogue::UPSTREAM_OUTSTANDING, &labels),
+            available: metrics.gauge(catalogue::UPSTREAM_AVAILABLE, &labels),
+            ejections: metrics.counter(catalogue::UPSTREAM_EJECTIONS, &labels),
+        };
+        endpoint_metrics.available.set(0.0);
+        Endpoint {
+            address,
+            client,
+            outstanding: AtomicUsize::new(0),
+            slots: Arc::new(Semaphore::new(max_concurrency)),
+            latency: Mutex::new((0.0, Instant::now())),
+            health: Mutex::new(Health {
+                healthy: true,
+                passes_in_row: 0,
+                failures_in_row: 0,
+                attempt_failures: 0,
+                ejected_until: None,
+                ejections: 0,
+                verified: false,
+                mismatch: None,
+            }),
+            metrics: endpoint_metrics,
+        }
+    }
+
+    /// Takes traffic now: verified, healthy by the active checks, not ejected.
+    pub fn is_available(&self, now: Instant) -> bool {
+        let h = self.health.lock();
+        h.verified && h.mismatch.is_none() && h.healthy && h.ejected_until.is_none_or(|t| now >= t)
+    }
+
+    /// Could take traffic if nothing better is left: verified and not mismatched (health and ejection ignored).
+    pub fn is_usable(&self) -> bool {
+        let h = self.health.lock();
+        h.verified && h.mismatch.is_none()
+    }
+
+    pub fn is_verified(&self) -> bool {
+        self.health.lock().verified
+    }
+
+    pub fn is_mismatched(&self) -> bool {
+        self.health.lock().mismatch.is_some()
+    }
+
+    /// The balancer's cost: the latency estimate (decayed towards zero while unmeasured) times the attempts it would
+    /// have in flight with this one (peak-EWMA, as in Finagle and Linkerd).
+    pub fn cost(&self, now: Instant) -> f64 {
+        let (estimate, at) = *self.latency.lock();
+        let decayed = estimate * (-now.saturating_duration_since(at).as_secs_f64() / EWMA_DECAY.as_secs_f64()).exp();
+        // A floor keeps outstanding counts meaningful between endpoints that both answer in no measurable time.
+        (decayed.max(1e-6)) * (self.outstanding.load(Ordering::Acquire) + 1) as f64
+    }
+
+    pub fn has_free_slot(&self) -> bool {
+        self.slots.available_permits() > 0
+    }
+
+    /// Claims a concurrency slot, waiting for one if all are taken. `None` only if the semaphore were closed (it
+    /// never is).
+    pub async fn begin(&self) -> Option<InFlight<'_>> {
+        let slot = self.slots.clone().acquire_owned().await.ok()?;
+        let now = self.outstanding.fetch_add(1, Ordering::AcqRel) + 1;
+        self.metrics.outstanding.set(now as f64);
+        Some(InFlight { endpoint: self, started: Instant::now(), _slot: slot })
+    }
+
+    /// Records an attempt's end: its outcome label, its latency, and its effect on passive ejection.
+    /// Returns `true` when this failure ejected the endpoint.
+    pub fn finished(&self, attempt: InFlight<'_>, outcome: usize, blame: bool, ejection: &EjectionConfig) -> bool {
+        let now = Instant::now();
+        let rtt = now.saturating_duration_since(attempt.started());
+        drop(attempt);
+        self.metrics.outcomes[outcome].increment(1);
+        self.metrics.duration.record(rtt.as_secs_f64());
+        {
+            // Peak-EWMA: a slower answer is taken at once, faster ones are blended in.
+            let mut latency = self.latency.lock();
+            let (estimate, at) = *latency;
+            let sample = rtt.as_secs_f64();
+            let next = if sample > estimate {
+                sample
+            } else {
+                let w = (-now.saturating_duration_since(at).as_secs_f64() / EWMA_DECAY.as_secs_f64()).exp();
+                estimate * w + sample * (1.0 - w)
+            };
+            *latency = (next, now);
+        }
+        let mut h = self.health.lock();
+        if outcome == 0 {
+            h.attempt_failures = 0;
+            h.ejections = 0;
+            return false;
+        }
+        if !blame {
+            return false;
+        }
+        h.attempt_failures += 1;
+        let still_ejected = h.ejected_until.is_some_and(|t| now < t);
+        // Back from an ejection, one failure is enough to go out again (for twice as long).
+        let on_probation = h.ejections > 0;
+        if still_ejected || (h.attempt_failures < ejection.consecutive_failures && !on_probation) {
+            return false;
+        }
+        let factor = 2u32.saturating_pow(h.ejections.min(16));
+        let time = ejection.base_time.saturating_mul(factor).min(ejection.max_time);
+        h.ejected_until = Some(now + time);
+        h.ejections += 1;
+        h.attempt_failures = 0;
+        drop(h);
+        self.metrics.ejections.increment(1);
+        self.metrics.available.set(0.0);
+        tracing::warn!(endpoint = %self.address, ejected_for = ?time, "upstream endpoint ejected after failures in a row");
+        true
+    }
+
+    /// Applies one active health check's result.
+    pub fn checked(&self, passed: bool, config: &HealthCheckConfig) {
+        let mut h = self.health.lock();
+        if passed {
+            h.passes_in_row += 1;
+            h.failures_in_row = 0;
+            if !h.healthy && h.passes_in_row >= config.healthy_threshold {
+                h.healthy = true;
+                tracing::info!(endpoint = %self.address, "upstream endpoint healthy again");
+            }
+        } else {
+            h.failures_in_row += 1;
+            h.passes_in_row = 0;
+            if h.healthy && h.failures_in_row >= config.unhealthy_threshold {
+                h.healthy = false;
+                tracing::warn!(endpoint = %self.address, "upstream endpoint failed its health checks");
+            }
+        }
+    }
+
+    /// The endpoint's metadata agrees with the pool's (`Ok`) or not (`Err` with the difference).
+    pub fn verify(&self, result: Result<(), String>) {
+        let mut h = self.health.lock();
+        match result {
+            Ok(()) => h.verified = true,
+            Err(difference) => {
+                if h.mismatch.is_none() {
+                    tracing::error!(endpoint = %self.address, %difference, "upstream endpoint serves different model metadata; not using it");
+                }
+                h.verified = true;
+                h.mismatch = Some(difference);
+            }
+        }
+    }
+
+    /// The endpoint left the pool (DNS no longer lists it): it shows as unavailable.
+    pub fn publish_gone(&self) {
+        self.metrics.available.set(0.0);
+    }
+
+    /// Refreshes the `sluice_upstream_available` gauge.
+    pub fn publish(&self, now: Instant) {
+        self.metrics.available.set(if self.is_available(now) { 1.0 } else { 0.0 });
+    }
+}

@@ -1,0 +1,367 @@
+//! A pool of upstream endpoints: picks one per attempt (power of two choices on peak-EWMA cost), retries failed
+//! attempts elsewhere within a budget and the request's time, and keeps the endpoint set fresh in the background
+//! (DNS re-resolution, active health checks, metadata verification of new endpoints).
+
+use super::budget::RetryBudget;
+use super::endpoint::{Endpoint, OUTCOMES};
+use super::error::{AttemptError, UpstreamError};
+use super::transport::{self, EndpointClient, HttpClient};
+use crate::backend::ModelSignature;
+use crate::config::UpstreamConfig;
+use crate::metrics::{catalogue, Metrics};
+use crate::protocol::json::DecodeLimits;
+use crate::protocol::NamedTensor;
+use crate::tensor::Tensor;
+use ::metrics::Counter;
+use parking_lot::RwLock;
+use rand::Rng;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// A model as the pool's endpoints serve it.
+#[derive(Debug)]
+pub struct RemoteModelSpec {
+    pub name: String,
+    /// The upstream version requests are sent to (`None`: the upstream's default).
+    pub version: Option<String>,
+    pub signature: ModelSignature,
+    /// Running a request twice is harmless, so attempts that may have reached an upstream can be retried.
+    pub idempotent: bool,
+}
+
+impl RemoteModelSpec {
+    /// Puts an answer's outputs in the model's order, checking each one's datatype and fixed dims.
+    fn order_outputs(&self, mut outputs: Vec<NamedTensor>) -> Result<Vec<Tensor>, AttemptError> {
+        self.signature
+            .outputs
+            .iter()
+            .map(|spec| {
+                let at = outputs
+                    .iter()
+                    .position(|o| o.name == spec.name)
+                    .ok_or_else(|| AttemptError::Malformed(format!("the answer has no output '{}'", spec.name)))?;
+                let tensor = outputs.swap_remove(at).tensor;
+                let shape = tensor.shape();
+                let dims_agree = shape.len() == spec.dims.len() && shape.iter().zip(&spec.dims).all(|(&got, &want)| want < 0 || got as i64 == want);
+                if tensor.dtype() != spec.dtype || !dims_agree {
+                    return Err(AttemptError::Malformed(format!(
+                        "output '{}' is {} {:?}, but the model declares {} {:?}",
+                        spec.name,
+                        tensor.dtype(),
+                        shape,
+                        spec.dtype,
+                        spec.dims
+                    )));
+                }
+                Ok(tensor)
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("upstream pool '{pool}': {message}")]
+    Setup { pool: String, message: String },
+    #[error("upstream pool '{pool}': no endpoint answered the metadata of model '{model}' within {waited:?} (last error: {last})")]
+    NoMetadata { pool: String, model: String, waited: Duration, last: String },
+}
+
+pub struct Pool {
+    pub name: String,
+    config: UpstreamConfig,
+    http: HttpClient,
+    max_message_bytes: usize,
+    limits: DecodeLimits,
+    metrics: Metrics,
+    /// Replaced as a whole when DNS changes the set, so a pick reads one consistent list.
+    endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
+    /// The models served, which every endpoint's metadata must match before it gets traffic.
+    models: RwLock<Vec<Arc<RemoteModelSpec>>>,
+    budget: RetryBudget,
+    retries_sent: Counter,
+    retries_budget: Counter,
+    retries_deadline: Counter,
+}
+
+impl Pool {
+    /// Sets the pool up (resolving its DNS name once, if it has one) without contacting any endpoint.
+    pub async fn new(config: &UpstreamConfig, metrics: &Metrics, max_message_bytes: usize, limits: DecodeLimits) -> Result<Arc<Pool>, PoolError> {
+        let retries = |result: &'static str| metrics.counter(catalogue::UPSTREAM_RETRIES, &[("pool", config.name.as_str()), ("result", result)]);
+        let pool = Arc::new(Pool {
+            name: config.name.clone(),
+            config: config.clone(),
+            http: transport::http_client(config),
+            max_message_bytes,
+            limits,
+            metrics: metrics.clone(),
+            endpoints: RwLock::new(Arc::new(Vec::new())),
+            models: RwLock::new(Vec::new()),
+            budget: RetryBudget::new(config.retry_budget, config.min_retries_per_second),
+            retries_sent: retries("sent"),
+            retries_budget: retries("budget_exhausted"),
+            retries_deadline: retries("deadline"),
+        });
+        let addresses = match &config.dns {
+            None => config.endpoints.clone(),
+            Some(name) => resolve(name).await.unwrap_or_else(|e| {
+                tracing::warn!(pool = %config.name, dns = %name, error = %e, "cannot resolve the upstream name yet; retrying in the background");
+                Vec::new()
+            }),
+        };
+        pool.set_addresses(addresses)?;
+        Ok(pool)
+    }
+
+    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.endpoints.read().clone()
+    }
+
+    /// Replaces the endpoint set, keeping the state of addresses already known.
+    fn set_addresses(&self, addresses: Vec<String>) -> Result<(), PoolError> {
+        let current = self.endpoints();
+        let mut next = Vec::with_capacity(addresses.len());
+        for address in addresses {
+            if next.iter().any(|e: &Arc<Endpoint>| e.address == address) {
+                continue;
+            }
+            match current.iter().find(|e| e.address == address) {
+                Some(known) => next.push(known.clone()),
+                None => {
+                    let client = EndpointClient::new(&self.config, &address, &self.http, self.max_message_bytes)
+                        .map_err(|message| PoolError::Setup { pool: self.name.clone(), message })?;
+                    next.push(Arc::new(Endpoint::new(&self.name, address, client, self.config.max_concurrency, &self.metrics)));
+                }
+            }
+        }
+        for gone in current.iter().filter(|e| !next.iter().any(|n| Arc::ptr_eq(n, e))) {
+            tracing::info!(pool = %self.name, endpoint = %gone.address, "upstream endpoint left the pool");
+            gone.publish_gone();
+        }
+        *self.endpoints.write() = Arc::new(next);
+        Ok(())
+    }
+
+    /// Finds `model` on the pool: waits (up to `startup_timeout`) for an endpoint to answer its metadata, takes the
+    /// first answer in endpoint order as the reference, and checks every other endpoint that answers against it.
+    pub async fn discover(self: &Arc<Self>, model: &str, idempotent: bool) -> Result<Arc<RemoteModelSpec>, PoolError> {
+        let started = Instant::now();
+        let mut last = String::from("no endpoint yet");
+        let reference = loop {
+            if let Some(dns) = &self.config.dns {
+                if let Ok(addresses) = resolve(dns).await {
+                    self.set_addresses(addresses)?;
+                }
+            }
+            let mut found = None;
+            for endpoint in self.endpoints().iter() {
+                match tokio::time::timeout(self.config.health.timeout.max(self.config.connect_timeout), endpoint.client.metadata(model, None)).await {
+                    Ok(Ok(metadata)) => {
+                        found = Some(metadata);
+                        break;
+                    }
+                    Ok(Err(e)) => last = format!("{}: {e}", endpoint.address),
+                    Err(_) => last = format!("{}: no answer", endpoint.address),
+                }
+            }
+            if let Some(metadata) = found {
+                break metadata;
+            }
+            if started.elapsed() >= self.config.startup_timeout {
+                return Err(PoolError::NoMetadata { pool: self.name.clone(), model: model.into(), waited: started.elapsed(), last });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        // Requests go to the newest version the upstream lists (Triton lists the versions it has ready).
+        let version = reference.versions.iter().filter_map(|v| v.parse::<u64>().ok().map(|n| (n, v))).max().map(|(_, v)| v.clone());
+        let spec = Arc::new(RemoteModelSpec { name: model.into(), version, signature: reference.signature, idempotent });
+        self.models.write().push(spec.clone());
+        for endpoint in self.endpoints().iter() {
+            self.verify(endpoint).await;
+        }
+        Ok(spec)
+    }
+
+    /// Checks an endpoint's metadata for every model against the pool's; an endpoint that cannot answer stays
+    /// unverified (and without traffic) until a later round.
+    async fn verify(&self, endpoint: &Endpoint) {
+        let models = self.models.read().clone();
+        for model in &models {
+            let timeout = self.config.health.timeout.max(self.config.connect_timeout);
+            match tokio::time::timeout(timeout, endpoint.client.metadata(&model.name, model.version.as_deref())).await {
+                Ok(Ok(metadata)) => {
+                    if let Some(difference) = model.signature.difference(&metadata.signature) {
+                        endpoint.verify(Err(format!("model '{}': {difference}", model.name)));
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+        if !models.is_empty() {
+            endpoint.verify(Ok(()));
+            endpoint.publish(Instant::now());
+        }
+    }
+
+    /// Runs a request: one attempt, then retries on other endpoints while the failure allows it, the retry budget
+    /// has tokens, `max_attempts` is not reached and `timeout` has time left.
+    pub async fn infer(&self, model: &RemoteModelSpec, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, UpstreamError> {
+        let named: Vec<NamedTensor> =
+            model.signature.inputs.iter().zip(inputs).map(|(spec, tensor)| NamedTensor { name: spec.name.clone(), tensor }).collect();
+        let deadline = Instant::now() + self.config.timeout;
+        self.budget.deposit();
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        let mut last: Option<(AttemptError, String)> = None;
+        for attempt in 0..self.config.max_attempts {
+            let now = Instant::now();
+            if attempt > 0 {
+                let Some((err, _)) = &last else { break };
+                if !err.retryable(model.idempotent) {
+                    break;
+                }
+                if now + Duration::from_millis(1) >= deadline {
+                    self.retries_deadline.increment(1);
+                    break;
+                }
+                if !self.budget.withdraw(now) {
+                    self.retries_budget.increment(1);
+                    break;
+                }
+                self.retries_sent.increment(1);
+            }
+            let Some(endpoint) = self.pick(&tried) else {
+                if last.is_none() {
+                    return Err(UpstreamError::Unavailable { pool: self.name.clone(), last: "no endpoint is available".into() });
+                }
+                break;
+            };
+            tried.push(endpoint.clone());
+            let left = deadline.saturating_duration_since(now);
+            let Ok(Some(flight)) = tokio::time::timeout(left, endpoint.begin()).await else {
+                last = Some((AttemptError::Timeout(left), endpoint.address.clone()));
+                break;
+            };
+            let try_timeout = self.config.try_timeout.min(deadline.saturating_duration_since(Instant::now()));
+            let answer = tokio::time::timeout(try_timeout, endpoint.client.infer(&model.name, model.version.as_deref(), &named, self.limits)).await;
+            let result = match answer {
+                Ok(Ok(outputs)) => model.order_outputs(outputs),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(AttemptError::Timeout(try_timeout)),
+            };
+            match result {
+                Ok(outputs) => {
+                    endpoint.finished(flight, 0, false, &self.config.ejection);
+                    return Ok(outputs);
+                }
+                Err(e) => {
+                    let outcome = OUTCOMES.iter().position(|o| *o == e.outcome()).unwrap_or(OUTCOMES.len() - 1);
+                    endpoint.finished(flight, outcome, e.counts_against_endpoint(), &self.config.ejection);
+                    tracing::debug!(pool = %self.name, endpoint = %endpoint.address, attempt, error = %e, "upstream attempt failed");
+                    last = Some((e, endpoint.address.clone()));
+                }
+            }
+        }
+        let (err, endpoint) = last.unwrap_or((AttemptError::Unavailable("no attempt was made".into()), String::new()));
+        Err(err.into_upstream(&self.name, &endpoint))
+    }
+
+    /// Power of two choices: two random candidates, the cheaper wins. Candidates are the available endpoints not
+    /// yet tried by this request (or tried ones, when none is left); when every endpoint is out of rotation, any
+    /// verified one is tried rather than failing the request outright.
+    fn pick(&self, tried: &[Arc<Endpoint>]) -> Option<Arc<Endpoint>> {
+        let all = self.endpoints();
+        let now = Instant::now();
+        let fresh = |e: &&Arc<Endpoint>| !tried.iter().any(|t| Arc::ptr_eq(t, e));
+        let tiers: [&EndpointFilter; 4] = [
+            &|e| e.is_available(now) && fresh(e),
+            &|e| e.is_available(now),
+            &|e| e.is_usable() && fresh(e),
+            &|e| e.is_usable(),
+        ];
+        let mut candidates: Vec<&Arc<Endpoint>> = Vec::new();
+        for tier in tiers {
+            candidates = all.iter().filter(|e| tier(e)).collect();
+            if !candidates.is_empty() {
+                break;
+            }
+        }
+        // Endpoints at their concurrency limit are chosen only when all are.
+        if candidates.iter().any(|e| e.has_free_slot()) {
+            candidates.retain(|e| e.has_free_slot());
+        }
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0].clone()),
+            n => {
+                let mut rng = rand::rng();
+                let a = rng.random_range(0..n);
+                let mut b = rng.random_range(0..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let (a, b) = (candidates[a], candidates[b]);
+                Some(if a.cost(now) <= b.cost(now) { a.clone() } else { b.clone() })
+            }
+        }
+    }
+
+    /// Keeps the pool fresh until it is dropped: DNS every `dns_refresh`, health checks and verification every
+    /// `health.interval`.
+    pub fn spawn_upkeep(self: &Arc<Self>) {
+        let weak: Weak<Pool> = Arc::downgrade(self);
+        let interval = self.config.health.interval;
+        let dns_refresh = self.config.dns_refresh;
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut resolved = Instant::now();
+            loop {
+                ticks.tick().await;
+                let Some(pool) = weak.upgrade() else { break };
+                if let Some(dns) = pool.config.dns.clone() {
+                    if resolved.elapsed() >= dns_refresh {
+                        resolved = Instant::now();
+                        match resolve(&dns).await {
+                            Ok(addresses) => {
+                                if let Err(e) = pool.set_addresses(addresses) {
+                                    tracing::warn!(pool = %pool.name, error = %e, "cannot update the upstream endpoints");
+                                }
+                            }
+                            Err(e) => tracing::warn!(pool = %pool.name, dns = %dns, error = %e, "cannot re-resolve the upstream name; keeping the current endpoints"),
+                        }
+                    }
+                }
+                pool.check_all().await;
+            }
+        });
+    }
+
+    /// One round of health checks on every endpoint at once; ready but unverified endpoints get verified.
+    async fn check_all(self: &Arc<Self>) {
+        let mut checks = tokio::task::JoinSet::new();
+        for endpoint in self.endpoints().iter().cloned() {
+            let pool = self.clone();
+            checks.spawn(async move {
+                let ready = matches!(tokio::time::timeout(pool.config.health.timeout, endpoint.client.ready()).await, Ok(true));
+                endpoint.checked(ready, &pool.config.health);
+                if ready && !endpoint.is_verified() {
+                    pool.verify(&endpoint).await;
+                }
+                endpoint.publish(Instant::now());
+            });
+        }
+        while checks.join_next().await.is_some() {}
+    }
+}
+
+/// A test an endpoint passes to be a candidate.
+type EndpointFilter<'a> = dyn Fn(&&Arc<Endpoint>) -> bool + 'a;
+
+/// Resolves `host:port` to `ip:port` strings, sorted (so an unchanged answer keeps the same order).
+async fn resolve(name: &str) -> std::io::Result<Vec<String>> {
+    let mut addresses: Vec<String> = tokio::net::lookup_host(name).await?.map(|a| a.to_string()).collect();
+    addresses.sort();
+    addresses.dedup();
+    Ok(addresses)
+}

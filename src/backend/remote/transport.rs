@@ -1,0 +1,220 @@
+//! Talking V2 to one endpoint: inference, readiness and model metadata, over HTTP (binary tensor extension, pooled
+//! keep-alive connections) or gRPC (one multiplexed HTTP/2 channel). Every failure is classified as an
+//! [`AttemptError`]; the caller bounds each call with its own timeout.
+
+use super::error::AttemptError;
+use crate::config::{UpstreamConfig, UpstreamProtocol};
+use crate::protocol::grpc::pb;
+use crate::protocol::json::{self, DecodeLimits};
+use crate::protocol::model_metadata::{self, RemoteMetadata};
+use crate::protocol::{grpc, NamedTensor};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// The HTTP client a pool shares between its endpoints (its connection pool is per host).
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Largest error body read from an upstream (only its message is kept).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+pub fn http_client(config: &UpstreamConfig) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(Duration::from_secs(30)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.idle_timeout)
+        .pool_timer(TokioTimer::new())
+        .pool_max_idle_per_host(config.max_concurrency)
+        .build(connector)
+}
+
+/// What a pool needs to reach one endpoint.
+#[derive(Clone)]
+pub enum EndpointClient {
+    Http { client: HttpClient, base: String, max_response_bytes: usize },
+    Grpc { client: GrpcInferenceServiceClient<Channel> },
+}
+
+impl EndpointClient {
+    /// A client for `address` (`host:port`); gRPC channels connect lazily, so this never waits.
+    pub fn new(config: &UpstreamConfig, address: &str, http: &HttpClient, max_message_bytes: usize) -> Result<EndpointClient, String> {
+        let base = format!("http://{address}");
+        match config.protocol {
+            UpstreamProtocol::Http => Ok(EndpointClient::Http { client: http.clone(), base, max_response_bytes: max_message_bytes }),
+            UpstreamProtocol::Grpc => {
+                let endpoint = tonic::transport::Endpoint::from_shared(base)
+                    .map_err(|e| format!("bad upstream address '{address}': {e}"))?
+                    .connect_timeout(config.connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_timeout(Duration::from_secs(10));
+                let client = GrpcInferenceServiceClient::new(endpoint.connect_lazy())
+                    .max_decoding_message_size(max_message_bytes)
+                    .max_encoding_message_size(max_message_bytes);
+                Ok(EndpointClient::Grpc { client })
+            }
+        }
+    }
+
+    /// Runs one inference; returns the answer's outputs as named tensors (in the upstream's order).
+    pub async fn infer(&self, model: &str, version: Option<&str>, inputs: &[NamedTensor], limits: DecodeLimits) -> Result<Vec<NamedTensor>, AttemptError> {
+        match self {
+            EndpointClient::Http { client, base, max_response_bytes } => {
+                let encoded = json::encode_request(inputs, true, true).map_err(|e| AttemptError::Refused { status: 400, message: format!("cannot encode the request: {e}") })?;
+                let (body, header_length) = (encoded.body, encoded.json_header_length);
+                let uri = match version {
+                    Some(v) => format!("{base}/v2/models/{model}/versions/{v}/infer"),
+                    None => format!("{base}/v2/models/{model}/infer"),
+                };
+                let mut request = Request::post(uri).header(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                if let Some(n) = header_length {
+                    request = request.header("inference-header-content-length", n);
+                }
+                let request = request.body(Full::new(body)).map_err(|e| AttemptError::Malformed(format!("cannot build the request: {e}")))?;
+                let response = client.request(request).await.map_err(|e| http_error(&e))?;
+                let status = response.status();
+                let header_length = response
+                    .headers()
+                    .get("inference-header-content-length")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let retry_after = retry_after(response.headers().get(RETRY_AFTER));
+                if status != StatusCode::OK {
+                    let body = read_body(response.into_body(), MAX_ERROR_BODY).await.unwrap_or_default();
+                    return Err(status_error(status, &body, retry_after));
+                }
+                let body = read_body(response.into_body(), *max_response_bytes).await?;
+                let (head, binary) = json::split_body(&body, header_length.as_deref()).map_err(|e| AttemptError::Malformed(e.to_string()))?;
+                let decoded = json::decode_response(&head, binary, limits).map_err(|e| AttemptError::Malformed(e.to_string()))?;
+                Ok(decoded.outputs)
+            }
+            EndpointClient::Grpc { client } => {
+                let request = grpc::encode_request(model, version, None, inputs);
+                let response = client.clone().model_infer(request).await.map_err(|s| grpc_error(&s))?;
+                grpc::decode_response(response.into_inner(), limits).map_err(|e| AttemptError::Malformed(e.to_string()))
+            }
+        }
+    }
+
+    /// Whether the server says it is ready (`GET /v2/health/ready` answers 200, or gRPC `ServerReady` is true).
+    pub async fn ready(&self) -> bool {
+        match self {
+            EndpointClient::Http { client, base, .. } => {
+                let Ok(uri) = format!("{base}/v2/health/ready").parse::<hyper::Uri>() else { return false };
+                match client.get(uri).await {
+                    Ok(response) => {
+                        let ok = response.status() == StatusCode::OK;
+                        // Read the (small) body so the connection goes back to the pool.
+                        let _ = read_body(response.into_body(), MAX_ERROR_BODY).await;
+                        ok
+                    }
+                    Err(_) => false,
+                }
+            }
+            EndpointClient::Grpc { client } => {
+                matches!(client.clone().server_ready(pb::ServerReadyRequest {}).await, Ok(r) if r.get_ref().ready)
+            }
+        }
+    }
+
+    /// The model's metadata (`version` `None`: the server's default version).
+    pub async fn metadata(&self, model: &str, version: Option<&str>) -> Result<RemoteMetadata, AttemptError> {
+        match self {
+            EndpointClient::Http { client, base, .. } => {
+                let url = match version {
+                    Some(v) => format!("{base}/v2/models/{model}/versions/{v}"),
+                    None => format!("{base}/v2/models/{model}"),
+                };
+                let uri: hyper::Uri = url.parse().map_err(|e| AttemptError::Malformed(format!("bad URL {url}: {e}")))?;
+                let response = client.get(uri).await.map_err(|e| http_error(&e))?;
+                let status = response.status();
+                let retry_after = retry_after(response.headers().get(RETRY_AFTER));
+                let body = read_body(response.into_body(), MAX_ERROR_BODY * 16).await?;
+                if status != StatusCode::OK {
+                    return Err(status_error(status, &body, retry_after));
+                }
+                model_metadata::from_json(&body).map_err(|e| AttemptError::Malformed(e.to_string()))
+            }
+            EndpointClient::Grpc { client } => {
+                let request = pb::ModelMetadataRequest { name: model.into(), version: version.unwrap_or_default().into() };
+                let response = client.clone().model_metadata(request).await.map_err(|s| grpc_error(&s))?;
+                model_metadata::from_grpc(response.into_inner()).map_err(|e| AttemptError::Malformed(e.to_string()))
+            }
+        }
+    }
+}
+
+/// Reads a whole body, refusing more than `limit` bytes.
+async fn read_body(body: hyper::body::Incoming, limit: usize) -> Result<Bytes, AttemptError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(AttemptError::Malformed(format!("answer larger than {limit} bytes"))),
+        Err(e) => Err(AttemptError::Connect { message: format!("answer cut off: {e}"), sent: true }),
+    }
+}
+
+fn retry_after(value: Option<&HeaderValue>) -> Option<Duration> {
+    value.and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs)
+}
+
+/// A hyper client error: a failed connect never reached the upstream; anything later may have.
+fn http_error(e: &hyper_util::client::legacy::Error) -> AttemptError {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        message = format!("{message}: {inner}");
+        source = inner.source();
+    }
+    AttemptError::Connect { message, sent: !e.is_connect() }
+}
+
+/// A non-200 V2 answer: the message is the body's `error` field when there is one.
+fn status_error(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> AttemptError {
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string();
+            if text.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {text}") }
+        });
+    let code = status.as_u16();
+    match status {
+        StatusCode::TOO_MANY_REQUESTS => AttemptError::Overloaded { message, retry_after },
+        StatusCode::SERVICE_UNAVAILABLE => AttemptError::Unavailable(message),
+        StatusCode::GATEWAY_TIMEOUT => AttemptError::Failed { status: code, message },
+        s if s.is_client_error() => AttemptError::Refused { status: code, message },
+        s if s.is_server_error() => AttemptError::Failed { status: code, message },
+        _ => AttemptError::Malformed(format!("unexpected status {status}: {message}")),
+    }
+}
+
+/// A gRPC status from the upstream (or from tonic's own transport).
+fn grpc_error(status: &tonic::Status) -> AttemptError {
+    use tonic::Code;
+    let message = status.message().to_string();
+    match status.code() {
+        Code::Unavailable => AttemptError::Unavailable(message),
+        Code::ResourceExhausted => AttemptError::Overloaded { message, retry_after: None },
+        Code::DeadlineExceeded => AttemptError::Failed { status: 504, message },
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange | Code::AlreadyExists => AttemptError::Refused { status: 400, message },
+        Code::NotFound => AttemptError::Refused { status: 404, message },
+        Code::Unauthenticated => AttemptError::Refused { status: 401, message },
+        Code::PermissionDenied => AttemptError::Refused { status: 403, message },
+        Code::Cancelled => AttemptError::Connect { message: format!("call cancelled: {message}"), sent: true },
+        // tonic's own word for a connection that broke under a call (a killed worker): it may have run.
+        Code::Unknown if message.contains("transport error") || message.contains("connection") => {
+            AttemptError::Connect { message, sent: true }
+        }
+        Code::Internal if message.contains("decode") || message.contains("protocol") => AttemptError::Malformed(message),
+        _ => AttemptError::Failed { status: 500, message: format!("{:?}: {message}", status.code()) },
+    }
+}

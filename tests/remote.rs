@@ -1,0 +1,529 @@
+//! The `remote` backend end to end on loopback: a Sluice gateway (started in this process on port 0) in front of real
+//! Sluice workers (in-process servers, or `sluice serve` processes where a worker must be SIGKILLed), and in front of
+//! small test proxies that forward to a real worker but can be switched to hang, to answer garbage, to answer 429 or
+//! to add latency. Every request loop is bounded in count and time.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Value};
+use sluice::config::{Config, UpstreamConfig, UpstreamProtocol};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A pool config with test-friendly timings: health checks every 100 ms, ejection after 2 failures in a row.
+fn pool(endpoints: Vec<String>, protocol: UpstreamProtocol) -> UpstreamConfig {
+    let mut pool = UpstreamConfig {
+        name: "workers".into(),
+        protocol,
+        endpoints,
+        models: vec!["identity".into()],
+        connect_timeout: Duration::from_millis(300),
+        try_timeout: Duration::from_millis(500),
+        timeout: Duration::from_secs(5),
+        startup_timeout: Duration::from_secs(10),
+        ..UpstreamConfig::default()
+    };
+    pool.health.interval = Duration::from_millis(100);
+    pool.health.timeout = Duration::from_millis(200);
+    pool.health.healthy_threshold = 2;
+    pool.health.unhealthy_threshold = 2;
+    pool.ejection.consecutive_failures = 2;
+    pool.ejection.base_time = Duration::from_millis(500);
+    pool.ejection.max_time = Duration::from_secs(2);
+    pool
+}
+
+async fn start_gateway(pool: UpstreamConfig) -> Server {
+    let mut config = Config::default();
+    config.server.models = "/nonexistent/sluice-gateway-test".into();
+    config.upstreams = vec![pool];
+    config.validate(std::path::Path::new("test")).expect("valid gateway config");
+    start_with(config, None).await
+}
+
+fn identity_request(seed: f32) -> Value {
+    let data: Vec<f32> = (0..256).map(|i| seed + i as f32).collect();
+    json!({"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": data}]})
+}
+
+/// The first value of the identity model's answer.
+fn first_output(reply: &Reply) -> f64 {
+    reply.json()["outputs"][0]["data"][0].as_f64().unwrap_or(f64::NAN)
+}
+
+/// The value of one series in a Prometheus exposition (0 when absent).
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A test proxy in front of a real worker.
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Behaviour {
+    /// Forwards everything, after this delay on inference requests.
+    Forward(Duration),
+    /// Accepts connections and requests and never answers any of them.
+    Hang,
+    /// Answers inference requests 200 with a body that is not V2; the rest is forwarded.
+    Garbage,
+    /// Answers inference requests with this status and a V2 error body; the rest is forwarded.
+    Status(u16),
+}
+
+struct Proxy {
+    addr: SocketAddr,
+    behaviour: Arc<parking_lot::Mutex<Behaviour>>,
+    /// Inference requests received.
+    infers: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr, behaviour: Behaviour) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let behaviour = Arc::new(parking_lot::Mutex::new(behaviour));
+        let infers = Arc::new(AtomicU64::new(0));
+        let (b, n) = (behaviour.clone(), infers.clone());
+        tokio::spawn(async move {
+            let upstream = client();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { break };
+                let (b, n, upstream) = (b.clone(), n.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (b, n, upstream) = (b.clone(), n.clone(), upstream.clone());
+                        let behaviour = *b.lock();
+                        async move { Ok::<_, std::convert::Infallible>(proxy_one(req, target, behaviour, &n, &upstream).await) }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                });
+            }
+        });
+        Proxy { addr, behaviour, infers }
+    }
+
+    fn set(&self, behaviour: Behaviour) {
+        *self.behaviour.lock() = behaviour;
+    }
+
+    fn infers(&self) -> u64 {
+        self.infers.load(Ordering::Relaxed)
+    }
+}
+
+async fn proxy_one(req: Request<hyper::body::Incoming>, target: SocketAddr, behaviour: Behaviour, infers: &AtomicU64, upstream: &HttpClient) -> Response<Full<Bytes>> {
+    let is_infer = req.uri().path().ends_with("/infer");
+    if is_infer {
+        infers.fetch_add(1, Ordering::Relaxed);
+    }
+    match behaviour {
+        Behaviour::Hang => std::future::pending::<()>().await,
+        Behaviour::Garbage if is_infer => return Response::new(Full::new(Bytes::from_static(b"<html>this is not a V2 answer</html>"))),
+        Behaviour::Status(code) if is_infer => {
+            let mut r = Response::new(Full::new(Bytes::from(json!({"error": format!("test proxy says {code}")}).to_string())));
+            *r.status_mut() = StatusCode::from_u16(code).expect("status");
+            r.headers_mut().insert("retry-after", "2".parse().expect("header"));
+            return r;
+        }
+        Behaviour::Forward(delay) if is_infer => tokio::time::sleep(delay).await,
+        _ => {}
+    }
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let mut forward = Request::builder().method(parts.method).uri(format!("http://{target}{}", parts.uri.path()));
+    for (k, v) in parts.headers.iter().filter(|(k, _)| *k != "host") {
+        forward = forward.header(k, v);
+    }
+    let Ok(forward) = forward.body(Full::new(body)) else { return Response::new(Full::new(Bytes::new())) };
+    match upstream.request(forward).await {
+        Ok(answer) => {
+            let (parts, body) = answer.into_parts();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            Response::from_parts(parts, Full::new(body))
+        }
+        Err(_) => {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::BAD_GATEWAY;
+            r
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Workers as processes, for the tests that kill one.
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// `sluice serve` on fixed ports of 127.0.0.1, killed (SIGKILL) when dropped.
+struct WorkerProcess {
+    http: u16,
+    grpc: u16,
+    child: Option<Child>,
+}
+
+impl WorkerProcess {
+    fn start() -> WorkerProcess {
+        let mut w = WorkerProcess { http: free_port(), grpc: free_port(), child: None };
+        w.restart();
+        w
+    }
+
+    /// Starts (again) on the same ports and waits until it says it is listening.
+    fn restart(&mut self) {
+        self.kill();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["serve", "--models"])
+            .arg(models_dir().join("identity").parent().expect("models dir"))
+            .args(["--http", &format!("127.0.0.1:{}", self.http), "--grpc", &format!("127.0.0.1:{}", self.grpc)])
+            .args(["--admin", "127.0.0.1:0", "--scaler", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a sluice worker");
+        let stdout = child.stdout.take().expect("worker stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("sluice listening") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(60)).expect("the worker did not start within 60 s");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Inference requests a worker process has counted for `identity` (0 when it does not answer).
+async fn worker_count(http: u16) -> u64 {
+    let c = client();
+    let Ok(uri) = format!("http://127.0.0.1:{http}/v2/models/identity/stats").parse::<hyper::Uri>() else { return 0 };
+    let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), c.get(uri)).await else { return 0 };
+    let body = r.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    v["model_stats"][0]["inference_stats"]["success"]["count"].as_u64().unwrap_or(0)
+}
+
+/// Runs `clients` request loops against the gateway until `until`; returns (answers, failures as status: message).
+async fn load(gateway: &Server, clients: usize, until: Instant) -> (u64, Vec<String>) {
+    let gateway_addr = gateway.addr;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        tasks.push(tokio::spawn(async move {
+            let client = client();
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            let mut i = 0u64;
+            while Instant::now() < until && i < 1_000_000 {
+                i += 1;
+                let seed = (c as u64 * 1_000_000 + i) as f32;
+                let body = Bytes::from(identity_request(seed).to_string());
+                let req = Request::post(format!("http://{gateway_addr}/v2/models/identity/infer"))
+                    .header("content-type", "application/json")
+                    .body(Full::new(body))
+                    .expect("request");
+                match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
+                    Ok(Ok(r)) => {
+                        let status = r.status();
+                        let body = r.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        if status == StatusCode::OK && v["outputs"][0]["data"][0].as_f64() == Some(seed as f64) {
+                            ok += 1;
+                        } else {
+                            failed.push(format!("{status}: {}", String::from_utf8_lossy(&body)));
+                        }
+                    }
+                    Ok(Err(e)) => failed.push(format!("client error: {e}")),
+                    Err(_) => failed.push("no answer within 10 s".into()),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let mut total = (0, Vec::new());
+    for t in tasks {
+        let (ok, failed) = t.await.expect("load task");
+        total.0 += ok;
+        total.1.extend(failed);
+    }
+    total
+}
+
+/// Polls the gateway's /metrics until `check` holds; returns how long that took, or `None` after `within`.
+async fn wait_for_metric(gateway: &Server, within: Duration, check: impl Fn(&str) -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        let text = String::from_utf8_lossy(&gateway.admin_get("/metrics").await.body).to_string();
+        if check(&text) {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+async fn killed_worker_scenario(protocol: UpstreamProtocol, seconds: u64) {
+    let mut workers: Vec<WorkerProcess> = (0..3).map(|_| WorkerProcess::start()).collect();
+    let port = |w: &WorkerProcess| if protocol == UpstreamProtocol::Http { w.http } else { w.grpc };
+    let endpoints: Vec<String> = workers.iter().map(|w| format!("127.0.0.1:{}", port(w))).collect();
+    let victim = endpoints[1].clone();
+    let gateway = start_gateway(pool(endpoints, protocol)).await;
+
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let gateway = Arc::new(gateway);
+    let load_task = {
+        let g = gateway.clone();
+        tokio::spawn(async move { load(&g, 6, until).await })
+    };
+    tokio::time::sleep(Duration::from_secs(seconds / 4)).await;
+    workers[1].kill();
+    let killed_at = Instant::now();
+    let available = |text: &str| metric(text, "sluice_upstream_available", &[("endpoint", &victim)]);
+    let ejected_after = wait_for_metric(&gateway, Duration::from_secs(5), |t| available(t) == 0.0).await;
+    let ejections = metric(&String::from_utf8_lossy(&gateway.admin_get("/metrics").await.body), "sluice_upstream_ejections_total", &[("endpoint", &victim)]);
+    tokio::time::sleep((killed_at + Duration::from_secs(seconds / 4)).saturating_duration_since(Instant::now())).await;
+    workers[1].restart();
+    let restarted_at = Instant::now();
+    let back_after = wait_for_metric(&gateway, Duration::from_secs(5), |t| available(t) == 1.0).await;
+    let (ok, failed) = load_task.await.expect("load");
+    let served_after_restart = worker_count(workers[1].http).await;
+
+    assert!(failed.is_empty(), "{} of {} requests failed, e.g. {:?}", failed.len(), ok as usize + failed.len(), &failed[..failed.len().min(3)]);
+    assert!(ok > 100, "only {ok} requests answered in {seconds} s");
+    let ejected_after = ejected_after.expect("the killed worker was not taken out of rotation within 5 s");
+    // Two failed attempts (at once, under load) or two failed checks 100 ms apart; 1 s leaves room for a busy machine.
+    assert!(ejected_after < Duration::from_secs(1), "ejected {ejected_after:?} after the kill");
+    assert!(ejections >= 1.0, "no ejection counted for {victim}");
+    let back_after = back_after.expect("the restarted worker did not come back within 5 s");
+    assert!(served_after_restart > 0, "the restarted worker got no traffic ({:?} after its restart it was available again)", back_after);
+    eprintln!(
+        "{protocol:?}: {ok} requests, 0 failed; ejected {ejected_after:?} after the kill; available again {back_after:?} after the restart \
+         ({:?} since restart began); the restarted worker served {served_after_restart}",
+        restarted_at.elapsed()
+    );
+}
+
+/// Three worker processes behind the gateway (HTTP upstreams); one is SIGKILLed during a 20 s load and restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_worker_costs_no_request_and_is_readmitted_after_restart() {
+    killed_worker_scenario(UpstreamProtocol::Http, 20).await;
+}
+
+/// The same over gRPC upstreams, shorter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_upstreams_survive_a_killed_worker() {
+    killed_worker_scenario(UpstreamProtocol::Grpc, 8).await;
+}
+
+/// A worker that accepts and never answers costs each request at most one try timeout, is ejected, and the gateway
+/// keeps answering (health probes at once, inference through the other worker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hanging_worker_is_timed_out_and_ejected_and_the_gateway_stays_responsive() {
+    let worker = start_models().await;
+    let good = Proxy::start(worker.addr, Behaviour::Forward(Duration::ZERO)).await;
+    let hanging = Proxy::start(worker.addr, Behaviour::Forward(Duration::ZERO)).await;
+    let mut config = pool(vec![good.addr.to_string(), hanging.addr.to_string()], UpstreamProtocol::Http);
+    config.try_timeout = Duration::from_millis(300);
+    let gateway = start_gateway(config).await;
+    hanging.set(Behaviour::Hang);
+    let hung_at = Instant::now();
+
+    let mut slowest = Duration::ZERO;
+    for i in 0..30 {
+        let started = Instant::now();
+        let r = gateway.infer("identity", &identity_request(i as f32)).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(first_output(&r), i as f64);
+        slowest = slowest.max(started.elapsed());
+        let probe = Instant::now();
+        assert_eq!(gateway.get("/v2/health/ready").await.status, StatusCode::OK);
+        assert!(probe.elapsed() < Duration::from_millis(200), "a health probe took {:?}", probe.elapsed());
+    }
+    // A request that met the hanging worker waited one try timeout (300 ms) and was answered by the other one.
+    assert!(slowest < Duration::from_millis(1500), "slowest request {slowest:?}");
+    let hanging_label = hanging.addr.to_string();
+    let out = wait_for_metric(&gateway, Duration::from_secs(3), |t| metric(t, "sluice_upstream_available", &[("endpoint", &hanging_label)]) == 0.0).await;
+    let out = out.map(|_| hung_at.elapsed()).expect("the hanging worker was not taken out of rotation");
+    // Two missed health checks (100 ms apart, 200 ms timeout each), with room for a busy machine.
+    assert!(out < Duration::from_millis(1500), "taken out {out:?} after it started hanging");
+    let text = String::from_utf8_lossy(&gateway.admin_get("/metrics").await.body).to_string();
+    // Out of rotation: by passive ejection (timeouts in a row) or by the active checks, whichever came first (the
+    // checks hang too, and two missed checks 100 ms apart make it unhealthy).
+    assert!(metric(&text, "sluice_upstream_requests_total", &[("endpoint", &hanging_label), ("outcome", "timeout")]) >= 1.0, "{text}");
+    assert_eq!(metric(&text, "sluice_upstream_available", &[("endpoint", &hanging_label)]), 0.0, "{text}");
+    // After the ejection the hanging worker got (almost) nothing: at most a probe per ejection expiry.
+    assert!(hanging.infers() <= 6, "the hanging worker still got {} requests", hanging.infers());
+}
+
+/// Garbage from the only worker is a 502 that says what was wrong, over HTTP and gRPC; the gateway keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_answer_is_a_502_with_a_clear_message() {
+    let worker = start_models().await;
+    let garbage = Proxy::start(worker.addr, Behaviour::Forward(Duration::ZERO)).await;
+    let gateway = start_gateway(pool(vec![garbage.addr.to_string()], UpstreamProtocol::Http)).await;
+    garbage.set(Behaviour::Garbage);
+    for _ in 0..3 {
+        let r = gateway.infer("identity", &identity_request(1.0)).await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", String::from_utf8_lossy(&r.body));
+        let message = r.error();
+        assert!(message.contains("malformed") && message.contains(&garbage.addr.to_string()), "{message}");
+    }
+    // Malformed answers are not retried (the upstream did run the request).
+    assert_eq!(garbage.infers(), 3);
+    let mut grpc = sluice::protocol::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient::connect(format!("http://{}", gateway.grpc_addr))
+        .await
+        .expect("gRPC connect");
+    let data: Vec<f32> = (0..256).map(|i| i as f32).collect();
+    let tensor = sluice::tensor::Tensor::from_slice(sluice::tensor::DataType::F32, vec![1, 256], &data).expect("tensor");
+    let request = sluice::protocol::grpc::encode_request("identity", None, None, &[sluice::protocol::NamedTensor { name: "input".into(), tensor }]);
+    let status = grpc.model_infer(request).await.expect_err("a malformed upstream answer is an error");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("malformed"), "{status:?}");
+    garbage.set(Behaviour::Forward(Duration::ZERO));
+    let r = gateway.infer("identity", &identity_request(7.0)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// 429 from a worker: retried on another worker when there is one; passed on as 429 with Retry-After when every
+/// worker says it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_worker_is_retried_elsewhere_or_passed_on_as_429() {
+    let worker = start_models().await;
+    let busy = Proxy::start(worker.addr, Behaviour::Forward(Duration::ZERO)).await;
+    let good = Proxy::start(worker.addr, Behaviour::Forward(Duration::ZERO)).await;
+    let gateway = start_gateway(pool(vec![busy.addr.to_string(), good.addr.to_string()], UpstreamProtocol::Http)).await;
+    busy.set(Behaviour::Status(429));
+    for i in 0..20 {
+        let r = gateway.infer("identity", &identity_request(i as f32)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert!(busy.infers() > 0, "the busy worker was never tried, so the retry was not exercised");
+    let text = String::from_utf8_lossy(&gateway.admin_get("/metrics").await.body).to_string();
+    assert!(metric(&text, "sluice_upstream_retries_total", &[("result", "sent")]) >= 1.0);
+    // 429 is backpressure, not a failure: the busy worker is not ejected for it.
+    assert_eq!(metric(&text, "sluice_upstream_ejections_total", &[("endpoint", &busy.addr.to_string())]), 0.0);
+
+    good.set(Behaviour::Status(429));
+    let r = gateway.infer("identity", &identity_request(1.0)).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("retry-after"), Some("2"));
+    assert!(r.error().contains("overloaded"), "{}", r.error());
+    // 503 everywhere is "unavailable".
+    busy.set(Behaviour::Status(503));
+    good.set(Behaviour::Status(503));
+    let r = gateway.infer("identity", &identity_request(1.0)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", String::from_utf8_lossy(&r.body));
+    // A 400 from the worker is the client's problem: passed on, not retried.
+    let before = busy.infers() + good.infers();
+    busy.set(Behaviour::Status(400));
+    good.set(Behaviour::Status(400));
+    let r = gateway.infer("identity", &identity_request(1.0)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(busy.infers() + good.infers(), before + 1);
+}
+
+/// With one worker 25 ms slower than the other, the balancer sends it a small share of the traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_worker_gets_a_smaller_share() {
+    let worker = start_models().await;
+    let fast = Proxy::start(worker.addr, Behaviour::Forward(Duration::ZERO)).await;
+    let slow = Proxy::start(worker.addr, Behaviour::Forward(Duration::from_millis(25))).await;
+    let gateway = Arc::new(start_gateway(pool(vec![fast.addr.to_string(), slow.addr.to_string()], UpstreamProtocol::Http)).await);
+    let (ok, failed) = load(&gateway, 4, Instant::now() + Duration::from_secs(3)).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    let (f, s) = (fast.infers(), slow.infers());
+    let share = s as f64 / (f + s) as f64;
+    eprintln!("{ok} requests: fast {f}, slow {s} ({:.1} % to the slow worker)", share * 100.0);
+    assert!(share < 0.2, "the slow worker got {:.1} % of the traffic (fast {f}, slow {s})", share * 100.0);
+}
+
+/// An endpoint whose model metadata differs from the pool's gets no traffic; the gateway serves from the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_with_different_metadata_gets_no_traffic() {
+    let good = start_models().await;
+    // A worker whose "identity" is really another model.
+    let odd = start_repo(TempRepo::new().model("identity", "fraud_mlp", 1, "")).await;
+    let good_proxy = Proxy::start(good.addr, Behaviour::Forward(Duration::ZERO)).await;
+    let odd_proxy = Proxy::start(odd.addr, Behaviour::Forward(Duration::ZERO)).await;
+    let gateway = start_gateway(pool(vec![good_proxy.addr.to_string(), odd_proxy.addr.to_string()], UpstreamProtocol::Http)).await;
+    for i in 0..20 {
+        let r = gateway.infer("identity", &identity_request(i as f32)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(odd_proxy.infers(), 0);
+    let text = String::from_utf8_lossy(&gateway.admin_get("/metrics").await.body).to_string();
+    assert_eq!(metric(&text, "sluice_upstream_available", &[("endpoint", &odd_proxy.addr.to_string())]), 0.0);
+    assert_eq!(metric(&text, "sluice_upstream_available", &[("endpoint", &good_proxy.addr.to_string())]), 1.0);
+}
+
+/// The gateway serves the upstream's metadata, its own queue settings, and the same answers as the worker; batching
+/// at the gateway (model_settings) groups concurrent requests into one upstream call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_batching_and_metadata() {
+    let worker = start_models().await;
+    let counter = Proxy::start(worker.addr, Behaviour::Forward(Duration::from_millis(20))).await;
+    let mut config = pool(vec![counter.addr.to_string()], UpstreamProtocol::Http);
+    config.max_outstanding = 1;
+    let settings: sluice::config::ModelFile =
+        toml::from_str("max_batch_size = 16\n[dynamic_batching]\nmax_queue_delay = \"5ms\"\n").expect("model settings");
+    config.model_settings.insert("identity".into(), settings);
+    let gateway = Arc::new(start_gateway(config).await);
+
+    let upstream_meta = worker.get("/v2/models/identity").await.json();
+    let meta = gateway.get("/v2/models/identity").await.json();
+    assert_eq!(meta["inputs"], upstream_meta["inputs"]);
+    assert_eq!(meta["outputs"], upstream_meta["outputs"]);
+
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let g = gateway.clone();
+        tasks.push(tokio::spawn(async move { g.infer("identity", &identity_request(i as f32)).await }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.expect("task");
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(first_output(&r), i as f64, "each request gets its own rows back");
+    }
+    assert!(counter.infers() < 16, "32 concurrent requests took {} upstream calls; the gateway did not batch", counter.infers());
+}
+
+/// config/sidecar.toml and config/gateway.toml load and validate.
+#[test]
+fn shipped_remote_configs_are_valid() {
+    for name in ["sidecar.toml", "gateway.toml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name);
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(config.upstreams.len(), 1, "{name}");
+    }
+}

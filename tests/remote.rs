@@ -527,3 +527,20 @@ fn shipped_remote_configs_are_valid() {
         assert_eq!(config.upstreams.len(), 1, "{name}");
     }
 }
+
+/// A pool named by DNS: `localhost:<port>` resolves to the worker's address, which becomes the endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_found_by_dns_serves() {
+    let worker = start_models().await;
+    let mut config = pool(Vec::new(), UpstreamProtocol::Http);
+    config.dns = Some(format!("localhost:{}", worker.addr.port()));
+    config.dns_refresh = Duration::from_millis(200);
+    let gateway = start_gateway(config).await;
+    for i in 0..5 {
+        let r = gateway.infer("identity", &identity_request(i as f32)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(first_output(&r), i as f64);
+    }
+    let text = String::from_utf8_lossy(&gateway.admin_get("/metrics").await.body).to_string();
+    assert_eq!(metric(&text, "sluice_upstream_available", &[("endpoint", &worker.addr.to_string())]), 1.0, "{text}");
+}

@@ -5,7 +5,7 @@
   the `kubernetes-validate` package ships (strict: unknown fields fail), for the oldest and newest versions checked.
 - KEDA ScaledObjects carry what each trigger type needs, with numeric strings that parse and sensible metricTypes.
 - Cross-checks: container ports vs Service targetPorts vs the listen addresses in the ConfigMap's sluice.toml; the
-  KEDA addresses vs the Services; sluice.toml keys vs the structs in src/config.rs (so a renamed key fails here);
+  KEDA addresses vs the Services; sluice.toml keys vs the structs in src/config/ (so a renamed key fails here);
   metric names vs src/metrics/catalogue.rs; the OCI policy vs the namespace and metric names Sluice publishes.
 
 SLUICE_DEPLOY_DIR overrides the directory checked (handy to try a deliberately broken copy).
@@ -27,7 +27,7 @@ from kubernetes_validate import utils as kv_utils  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = Path(os.environ.get("SLUICE_DEPLOY_DIR", ROOT / "docker" / "deploy"))
-CONFIG_RS = ROOT / "src" / "config.rs"
+CONFIG_DIR = ROOT / "src" / "config"
 CATALOGUE_RS = ROOT / "src" / "metrics" / "catalogue.rs"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 
@@ -154,7 +154,7 @@ def as_float(value, what):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# src/config.rs: the keys sluice.toml may use
+# src/config/: the keys sluice.toml may use
 
 
 def rust_structs(source):
@@ -177,8 +177,8 @@ def rust_structs(source):
 
 @pytest.fixture(scope="module")
 def config_structs():
-    structs = rust_structs(CONFIG_RS.read_text(encoding="utf-8"))
-    assert "Config" in structs, "src/config.rs has no `pub struct Config`"
+    structs = rust_structs("\n".join(p.read_text(encoding="utf-8") for p in sorted(CONFIG_DIR.glob("*.rs"))))
+    assert "Config" in structs, "src/config/ has no `pub struct Config`"
     # The sections the manifests use must all be found, or the key check below would be vacuous.
     for section in ("server", "admin", "metrics", "scaling"):
         assert section in structs["Config"], f"Config has no `{section}` field any more"
@@ -222,7 +222,7 @@ def check_toml_against_structs(table, struct_name, structs, where=""):
     for key, value in table.items():
         path = f"{where}.{key}" if where else key
         if key not in fields:
-            problems.append(f"[{where or 'top level'}] has no key `{key}` in src/config.rs ({struct_name}); "
+            problems.append(f"[{where or 'top level'}] has no key `{key}` in src/config/ ({struct_name}); "
                             f"known: {sorted(fields)}")
             continue
         inner = unwrap_option(fields[key])
@@ -311,7 +311,7 @@ def test_schema_validation_is_strict(deployment):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Deployment, Services and the ConfigMap agree with each other, the image and src/config.rs
+# Deployment, Services and the ConfigMap agree with each other, the image and src/config/
 
 
 def test_container_ports(container_ports, container):
@@ -429,14 +429,14 @@ def test_pod_runs_as_the_image_user(deployment):
 
 def test_sluice_toml_uses_only_known_keys(sluice_toml, config_structs):
     problems = check_toml_against_structs(sluice_toml, "Config", config_structs)
-    assert not problems, "sluice.toml in the ConfigMap does not match src/config.rs:\n  " + "\n  ".join(problems)
+    assert not problems, "sluice.toml in the ConfigMap does not match src/config/:\n  " + "\n  ".join(problems)
     for section in ("server", "admin", "metrics", "scaling"):
         assert section in sluice_toml, f"sluice.toml should set [{section}] explicitly"
     assert "keda" in sluice_toml["scaling"], "sluice.toml should set [scaling.keda] explicitly"
 
 
 def test_key_check_catches_a_renamed_key(sluice_toml, config_structs):
-    """Guards the guard: the same check must reject a key src/config.rs doesn't have."""
+    """Guards the guard: the same check must reject a key src/config/ doesn't have."""
     broken = copy.deepcopy(sluice_toml)
     broken["scaling"]["keda"]["listen_addr"] = broken["scaling"]["keda"].pop("listen")
     assert check_toml_against_structs(broken, "Config", config_structs)

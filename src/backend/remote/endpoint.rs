@@ -247,3 +247,124 @@ impl Endpoint {
         self.metrics.available.set(if self.is_available(now) { 1.0 } else { 0.0 });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UpstreamConfig;
+
+    fn endpoint() -> Endpoint {
+        let config = UpstreamConfig::default();
+        let http = super::super::transport::http_client(&config);
+        let client = EndpointClient::new(&config, "127.0.0.1:9", &http, 1 << 20).expect("client");
+        let e = Endpoint::new("p", "127.0.0.1:9".into(), client, 2, &Metrics::new(false));
+        e.verify(Ok(()));
+        e
+    }
+
+    fn fail(e: &Endpoint, ejection: &EjectionConfig) -> bool {
+        let flight = futures_lite_block(e.begin()).expect("slot");
+        e.finished(flight, 1, true, ejection)
+    }
+
+    /// Polls a future that is ready at once (a free semaphore permit).
+    fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        runtime.block_on(f)
+    }
+
+    /// How long the endpoint stays ejected from now (zero when it is not).
+    fn ejected_for(e: &Endpoint) -> Duration {
+        e.health.lock().ejected_until.map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()))
+    }
+
+    /// Lets the current ejection run out without waiting for it.
+    fn expire(e: &Endpoint) {
+        if let Some(t) = e.health.lock().ejected_until.as_mut() {
+            *t = Instant::now() - Duration::from_millis(1);
+        }
+    }
+
+    #[test]
+    fn failures_in_a_row_eject_and_probation_re_ejects_for_longer() {
+        let e = endpoint();
+        let ejection = EjectionConfig { consecutive_failures: 3, base_time: Duration::from_secs(10), max_time: Duration::from_secs(25) };
+        let near = |d: Duration, secs: u64| d <= Duration::from_secs(secs) && d > Duration::from_secs(secs) - Duration::from_secs(2);
+        assert!(e.is_available(Instant::now()));
+        assert!(!fail(&e, &ejection));
+        assert!(!fail(&e, &ejection));
+        assert!(fail(&e, &ejection), "the third failure in a row ejects");
+        assert!(!e.is_available(Instant::now()));
+        assert!(near(ejected_for(&e), 10), "{:?}", ejected_for(&e));
+        assert!(!fail(&e, &ejection), "failures while ejected do not extend it");
+        expire(&e);
+        assert!(e.is_available(Instant::now()), "back after its ejection time");
+        // On probation: one failure is enough, and the ejection doubles...
+        assert!(fail(&e, &ejection));
+        assert!(near(ejected_for(&e), 20), "{:?}", ejected_for(&e));
+        expire(&e);
+        // ...up to max_time.
+        assert!(fail(&e, &ejection));
+        assert!(near(ejected_for(&e), 25), "{:?}", ejected_for(&e));
+        expire(&e);
+        // A success clears the record: the next ejection needs three failures again and lasts base_time.
+        let flight = futures_lite_block(e.begin()).expect("slot");
+        e.finished(flight, 0, false, &ejection);
+        assert!(!fail(&e, &ejection));
+        assert!(!fail(&e, &ejection));
+        assert!(fail(&e, &ejection));
+        assert!(near(ejected_for(&e), 10), "{:?}", ejected_for(&e));
+    }
+
+    #[test]
+    fn failures_not_blamed_on_the_endpoint_never_eject() {
+        let e = endpoint();
+        let ejection = EjectionConfig { consecutive_failures: 1, base_time: Duration::from_secs(1), max_time: Duration::from_secs(1) };
+        for _ in 0..5 {
+            let flight = futures_lite_block(e.begin()).expect("slot");
+            assert!(!e.finished(flight, 5, false, &ejection));
+        }
+        assert!(e.is_available(Instant::now()));
+    }
+
+    #[test]
+    fn health_verdicts_need_their_thresholds() {
+        let e = endpoint();
+        let config = HealthCheckConfig { healthy_threshold: 2, unhealthy_threshold: 3, ..HealthCheckConfig::default() };
+        e.checked(false, &config);
+        e.checked(false, &config);
+        assert!(e.is_available(Instant::now()));
+        e.checked(false, &config);
+        assert!(!e.is_available(Instant::now()));
+        e.checked(true, &config);
+        assert!(!e.is_available(Instant::now()));
+        e.checked(true, &config);
+        assert!(e.is_available(Instant::now()));
+    }
+
+    #[test]
+    fn unverified_or_mismatched_endpoints_take_no_traffic() {
+        let config = UpstreamConfig::default();
+        let http = super::super::transport::http_client(&config);
+        let client = EndpointClient::new(&config, "127.0.0.1:9", &http, 1 << 20).expect("client");
+        let e = Endpoint::new("p", "127.0.0.1:9".into(), client, 2, &Metrics::new(false));
+        assert!(!e.is_available(Instant::now()) && !e.is_usable());
+        e.verify(Err("input 'x' differs".into()));
+        assert!(!e.is_available(Instant::now()) && !e.is_usable() && e.is_mismatched());
+    }
+
+    #[test]
+    fn cost_grows_with_latency_and_outstanding_and_decays_when_idle() {
+        let e = endpoint();
+        let ejection = EjectionConfig::default();
+        let now = Instant::now();
+        let idle = e.cost(now);
+        *e.latency.lock() = (0.020, now);
+        let slow = e.cost(now);
+        assert!(slow > idle);
+        let flight = futures_lite_block(e.begin()).expect("slot");
+        assert!((e.cost(now) - 2.0 * slow).abs() < 1e-9, "one outstanding doubles the cost");
+        e.finished(flight, 0, false, &ejection);
+        assert!(e.cost(now + Duration::from_secs(30)) < slow / 10.0, "an idle estimate decays");
+    }
+}

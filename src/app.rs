@@ -156,15 +156,30 @@ pub async fn start(config: &Config, shutdown_on: impl std::future::Future<Output
         })?;
     let grpc_addr = grpc.local_addr();
 
-    // One stop signal for both listeners: the caller's future, or `Running::shutdown`.
+    // The stop sequence: readiness false at once, serve on for the pre-stop delay, close the listeners, let queued and
+    // in-flight requests finish within the drain timeout, then answer whatever is left with 503.
     let (stop, stop_requested) = oneshot::channel::<()>();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let shutdown = config.shutdown.clone();
+    let drain_state = state.clone();
     tokio::spawn(async move {
         tokio::select! {
             _ = shutdown_on => {}
             _ = stop_requested => {}
         }
+        drain_state.begin_drain();
+        tracing::info!(pre_stop_delay = ?shutdown.pre_stop_delay, drain_timeout = ?shutdown.drain_timeout, "draining: readiness is false; still serving");
+        tokio::time::sleep(shutdown.pre_stop_delay).await;
+        tracing::info!("closing the listeners; finishing queued and in-flight requests");
+        drain_state.begin_shutdown();
         let _ = stop_tx.send(true);
+        tokio::select! {
+            _ = drain_state.idle() => {}
+            _ = tokio::time::sleep(shutdown.drain_timeout) => {
+                tracing::warn!(drain_timeout = ?shutdown.drain_timeout, "drain timeout: answering the requests still in flight with 503");
+                drain_state.abort_in_flight();
+            }
+        }
     });
     let servers = vec![tokio::spawn(http.serve(stopped(stop_rx.clone()))), tokio::spawn(grpc.serve(stopped(stop_rx)))];
 

@@ -544,3 +544,37 @@ async fn a_pool_found_by_dns_serves() {
     let text = String::from_utf8_lossy(&gateway.admin_get("/metrics").await.body).to_string();
     assert_eq!(metric(&text, "sluice_upstream_available", &[("endpoint", &worker.addr.to_string())]), 1.0, "{text}");
 }
+
+/// At the drain deadline, a request still waiting on a worker that never answers gets a 503 (never silence), and the
+/// server's stop completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_deadline_answers_requests_still_in_flight_with_503() {
+    let worker = start_models().await;
+    let hanging = Proxy::start(worker.addr, Behaviour::Forward(Duration::ZERO)).await;
+    let mut config = Config::default();
+    config.server.models = "/nonexistent/sluice-gateway-test".into();
+    let mut upstream = pool(vec![hanging.addr.to_string()], UpstreamProtocol::Http);
+    upstream.try_timeout = Duration::from_secs(30);
+    upstream.timeout = Duration::from_secs(30);
+    config.upstreams = vec![upstream];
+    config.shutdown.drain_timeout = Duration::from_millis(300);
+    let mut gateway = start_with(config, None).await;
+    hanging.set(Behaviour::Hang);
+    let addr = gateway.addr;
+    let in_flight = tokio::spawn(async move {
+        let body = Bytes::from(identity_request(1.0).to_string());
+        let req = Request::post(format!("http://{addr}/v2/models/identity/infer")).header("content-type", "application/json").body(Full::new(body)).expect("request");
+        let r = client().request(req).await.expect("an answer, not a dropped connection");
+        let status = r.status();
+        let body = r.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).to_string())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stop_started = Instant::now();
+    let running = gateway.running.take().expect("running");
+    tokio::time::timeout(Duration::from_secs(5), running.shutdown()).await.expect("the server stopped within 5 s").expect("clean stop");
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), in_flight).await.expect("answered").expect("task");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("drain time ran out"), "{body}");
+    assert!(stop_started.elapsed() < Duration::from_secs(3), "stop took {:?}", stop_started.elapsed());
+}

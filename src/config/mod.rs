@@ -37,6 +37,30 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Pools of remote V2 servers whose models this server serves (gateway / sidecar). See docs/REMOTE.md.
     pub upstreams: Vec<UpstreamConfig>,
+    /// Graceful stop on SIGTERM / SIGINT.
+    pub shutdown: ShutdownConfig,
+}
+
+/// How a stop signal drains the server. The process exits within `pre_stop_delay + drain_timeout` (plus a moment to
+/// flush the last answers).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// After the signal, readiness is false at once but requests and new connections are still served this long, so
+    /// load balancers notice and stop sending (set it to what their health checks need to see a replica go; 0 when a
+    /// Kubernetes preStop hook already waits).
+    #[serde(with = "humantime_serde")]
+    pub pre_stop_delay: Duration,
+    /// Then the listeners close and queued and in-flight requests get this long to finish; whatever is still running
+    /// is answered 503 / UNAVAILABLE.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { pre_stop_delay: Duration::ZERO, drain_timeout: Duration::from_secs(30) }
+    }
 }
 
 /// Where cached responses live.
@@ -567,6 +591,12 @@ impl Config {
                 return Err(invalid("cache.redis.retry_after", "must be at least 10ms (it paces reconnection attempts)"));
             }
         }
+        if self.shutdown.drain_timeout.is_zero() {
+            return Err(invalid("shutdown.drain_timeout", "must be above zero"));
+        }
+        if self.shutdown.pre_stop_delay > Duration::from_secs(3600) || self.shutdown.drain_timeout > Duration::from_secs(3600) {
+            return Err(invalid("shutdown.pre_stop_delay", "and shutdown.drain_timeout must be at most 1h"));
+        }
         let mut served = std::collections::BTreeSet::new();
         for (i, pool) in self.upstreams.iter().enumerate() {
             pool.validate(path)?;
@@ -661,5 +691,7 @@ mod tests {
         assert_eq!(shipped.cache.max_entry_bytes, defaults.cache.max_entry_bytes);
         assert_eq!(shipped.cache.redis.timeout, defaults.cache.redis.timeout);
         assert_eq!(shipped.cache.redis.url, defaults.cache.redis.url);
+        assert_eq!(shipped.shutdown.pre_stop_delay, defaults.shutdown.pre_stop_delay);
+        assert_eq!(shipped.shutdown.drain_timeout, defaults.shutdown.drain_timeout);
     }
 }

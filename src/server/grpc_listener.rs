@@ -12,8 +12,6 @@ use tokio_stream::StreamExt;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-/// Longest wait at shutdown for in-flight inferences before the remaining gRPC connections are closed.
-const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// After the last inference is answered, how long open streams get to end on their own (so their last answers flush).
 const STREAM_LINGER: Duration = Duration::from_millis(200);
 
@@ -53,10 +51,16 @@ impl GrpcServer {
         }
     }
 
-    /// Serves until `shutdown` resolves: health turns NOT_SERVING at once, then in-flight calls finish.
+    /// Serves until `shutdown` resolves, then in-flight calls finish (up to the drain deadline). Health turns
+    /// NOT_SERVING as soon as draining begins, while calls are still served.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (reporter, health) = tonic_health::server::health_reporter();
         Self::set_health(&reporter, &self.state, ServingStatus::Serving).await;
+        let (drain_reporter, drain_state) = (reporter.clone(), self.state.clone());
+        tokio::spawn(async move {
+            drain_state.drain_begun().await;
+            Self::set_health(&drain_reporter, &drain_state, ServingStatus::NotServing).await;
+        });
         let reflection = |builder: tonic_reflection::server::Builder<'static>| {
             builder
                 .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -88,15 +92,12 @@ impl GrpcServer {
         Self::set_health(&reporter, &state, ServingStatus::NotServing).await;
         let _ = graceful_tx.send(());
         // Graceful: unary calls and open inference streams finish what they hold. Streams that never end on their own
-        // (health watches, idle clients) are closed once no inference is in flight, within the drain limit.
-        let drained = async {
-            tokio::select! {
-                ended = &mut server => Some(ended),
-                _ = state.idle() => None,
-            }
-        };
-        if let Ok(Some(ended)) = tokio::time::timeout(DRAIN_LIMIT, drained).await {
-            return ended.map_err(std::io::Error::other);
+        // (health watches, idle clients) are closed once no inference is in flight; at the drain deadline the
+        // inferences still running are answered 503 / UNAVAILABLE (see AppState::abort_in_flight) and flushed.
+        tokio::select! {
+            ended = &mut server => return ended.map_err(std::io::Error::other),
+            _ = state.idle() => {}
+            _ = super::abort_flushed(&state) => return Ok(()),
         }
         match tokio::time::timeout(STREAM_LINGER, &mut server).await {
             Ok(ended) => ended.map_err(std::io::Error::other),

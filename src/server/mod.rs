@@ -24,7 +24,12 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The response cache, when a loaded model uses it.
     pub cache: Option<Arc<crate::cache::ResponseCache>>,
+    /// Readiness is false (load balancers take the replica out); requests are still served.
+    draining: watch::Sender<bool>,
+    /// New inferences are refused with 503 / UNAVAILABLE; in-flight ones finish.
     shutting_down: watch::Sender<bool>,
+    /// The drain deadline passed: in-flight inferences are answered 503 / UNAVAILABLE now.
+    aborting: watch::Sender<bool>,
     /// Inferences between admission and answer, on any protocol.
     in_flight: AtomicUsize,
     idle: Notify,
@@ -38,7 +43,9 @@ impl AppState {
             max_body_bytes,
             metrics,
             cache: None,
+            draining: watch::Sender::new(false),
             shutting_down: watch::Sender::new(false),
+            aborting: watch::Sender::new(false),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
         }
@@ -50,14 +57,45 @@ impl AppState {
         self
     }
 
-    /// Ready means: not shutting down and every model loaded and ready.
+    /// Ready means: not draining or shutting down, and every model loaded and ready.
     pub fn is_ready(&self) -> bool {
-        !*self.shutting_down.borrow() && self.repository.is_ready()
+        !*self.draining.borrow() && self.is_admitting() && self.repository.is_ready()
     }
 
-    /// Readiness turns false at once; new inferences get 503 / UNAVAILABLE; in-flight ones finish.
+    /// Whether new inferences are taken (true until the listeners close, also while draining).
+    pub fn is_admitting(&self) -> bool {
+        !*self.shutting_down.borrow()
+    }
+
+    /// The first step of a graceful stop: readiness turns false at once (HTTP and gRPC health), while requests and
+    /// new connections are still served, so load balancers can take the replica out without failing anyone.
+    pub fn begin_drain(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Resolves once draining (or shutdown) has begun.
+    pub async fn drain_begun(&self) {
+        let mut rx = self.draining.subscribe();
+        let _ = rx.wait_for(|begun| *begun).await;
+    }
+
+    /// Readiness turns false; new inferences get 503 / UNAVAILABLE; in-flight ones finish.
     pub fn begin_shutdown(&self) {
+        self.draining.send_replace(true);
         self.shutting_down.send_replace(true);
+    }
+
+    /// The drain deadline: every inference still in flight is answered 503 / UNAVAILABLE at once (their batches may
+    /// still be running; their answers are dropped), so no accepted request ends in silence.
+    pub fn abort_in_flight(&self) {
+        self.begin_shutdown();
+        self.aborting.send_replace(true);
+    }
+
+    /// Resolves once [`AppState::abort_in_flight`] was called.
+    pub async fn aborted(&self) {
+        let mut rx = self.aborting.subscribe();
+        let _ = rx.wait_for(|aborted| *aborted).await;
     }
 
     /// Resolves once shutdown has begun.
@@ -125,7 +163,8 @@ impl HttpServer {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish, and returns.
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish, and returns; at the
+    /// drain deadline ([`AppState::abort_in_flight`]) it returns after [`ABORT_FLUSH`] whatever connections remain.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let state = self.state.clone();
         let router = http::router(self.state);
@@ -133,13 +172,26 @@ impl HttpServer {
         let listener = self.listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                state.begin_shutdown();
-            })
-            .await
+        let close_state = state.clone();
+        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+            shutdown.await;
+            close_state.begin_shutdown();
+        });
+        tokio::select! {
+            ended = std::future::IntoFuture::into_future(server) => ended,
+            _ = abort_flushed(&state) => Ok(()),
+        }
     }
+}
+
+/// After the drain deadline, how long aborted requests' 503 answers get to reach their clients before the listeners'
+/// remaining connections are dropped.
+pub const ABORT_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Resolves [`ABORT_FLUSH`] after the drain deadline.
+pub async fn abort_flushed(state: &AppState) {
+    state.aborted().await;
+    tokio::time::sleep(ABORT_FLUSH).await;
 }
 
 /// Resolves on SIGINT or SIGTERM.

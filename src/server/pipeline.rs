@@ -16,7 +16,7 @@ use std::time::Duration;
 /// Finds a model version for a request that is about to run: unknown → 404, not ready or shutting down → 503.
 pub fn serving_model(state: &AppState, model: &str, version: Option<&str>) -> Result<Arc<ModelVersion>, ApiError> {
     let m = state.repository.get(model, version)?;
-    if !state.is_ready() || !m.is_ready() {
+    if !state.is_admitting() || !m.is_ready() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("model '{model}' is not ready")));
     }
     Ok(m)
@@ -49,6 +49,21 @@ pub async fn infer(
     policy: Policy,
 ) -> Result<InferResponse, ApiError> {
     let _in_flight = state.track_inference();
+    tokio::select! {
+        biased;
+        answer = infer_inner(state, m, request, deadline, policy) => answer,
+        _ = state.aborted() => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down and its drain time ran out before this request was answered; retry it elsewhere")
+            .with_retry_after(Duration::from_secs(1))),
+    }
+}
+
+async fn infer_inner(
+    state: &AppState,
+    m: &Arc<ModelVersion>,
+    request: &mut InferRequest,
+    deadline: Option<Duration>,
+    policy: Policy,
+) -> Result<InferResponse, ApiError> {
     let selected = m.signature.select_outputs(&request.outputs)?;
     let validated = m.signature.validate(std::mem::take(&mut request.inputs), m.settings.max_batch_size)?;
     let timeout = match (request.params.timeout, deadline) {

@@ -1,18 +1,26 @@
-# Sourced by the benchmark scripts: start `sluice serve` processes pinned to core 0 and stop them all.
+# Sourced by the benchmark scripts: start `sluice serve` processes pinned to core 0 (CORE=N to pick another) and stop
+# them all.
 # Needs BIN (the sluice binary) and OUT (where each server's stdout and log go).
 PIDS=()
 
 # start_server NAME CONFIG [ARGS...]: starts a server on free ports of 127.0.0.1 and sets ADDR and GRPC_ADDR to its
-# HTTP and gRPC addresses.
+# HTTP and gRPC addresses; `CORE=1 start_server ...` pins it to core 1 instead.
 # (Not meant for $(...): the server's PID must reach PIDS in this shell, or stop_servers could not stop it.)
 start_server() {
   local name=$1 config=$2
   shift 2
-  taskset -c 0 "$BIN" serve --config "$config" --http 127.0.0.1:0 --grpc 127.0.0.1:0 --admin 127.0.0.1:0 \
+  # Created here, not only by the background job's redirection: the loop below may read it before that job runs.
+  : >"$OUT/$name.out"
+  taskset -c "${CORE:-0}" "$BIN" serve --config "$config" --http 127.0.0.1:0 --grpc 127.0.0.1:0 --admin 127.0.0.1:0 \
     --scaler 127.0.0.1:0 --log-format json "$@" >"$OUT/$name.out" 2>"$OUT/$name.log" &
   PIDS+=($!)
   ADDR=
   for _ in $(seq 1 300); do
+    if ! kill -0 "${PIDS[-1]}" 2>/dev/null; then
+      echo "server $name exited at start; the end of $OUT/$name.log:" >&2
+      tail -n 5 "$OUT/$name.log" >&2
+      exit 1
+    fi
     ADDR=$(sed -n 's/^sluice listening http=\([^ ]*\).*/\1/p' "$OUT/$name.out")
     GRPC_ADDR=$(sed -n 's/^sluice listening .*grpc=\([^ ]*\).*/\1/p' "$OUT/$name.out")
     [ -n "$ADDR" ] && return 0

@@ -11,6 +11,8 @@ use crate::scaling::signal::{self, Formula, Sampler};
 use crate::scaling::keda::KedaServer;
 use crate::scaling::{oci, ScalingSnapshot};
 use crate::server::admin::{AdminServer, AdminState};
+use crate::server::conn::{ConnLimits, Protection};
+use crate::server::tls::TlsSource;
 use crate::server::{grpc_listener, AppState, HttpServer};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +35,10 @@ pub enum StartError {
     Cache(#[from] crate::cache::CacheError),
     #[error(transparent)]
     Remote(#[from] crate::backend::remote::RemoteError),
+    #[error(transparent)]
+    Tls(#[from] crate::server::tls::TlsError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// A running server: its addresses, and a handle to stop it.
@@ -92,14 +98,20 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 /// Loads ONNX Runtime and the repository, binds the listeners and starts serving. The server stops when
 /// `shutdown_on` resolves or [`Running::shutdown`] is called.
 pub async fn start(config: &Config, shutdown_on: impl std::future::Future<Output = ()> + Send + 'static) -> Result<Running, StartError> {
+    // Callers may have changed a loaded config (command-line flags, tests): check it as a whole again.
+    config.validate(std::path::Path::new("the configuration (file and command-line flags)"))?;
     onnx::init_runtime(config.onnxruntime.library.as_deref())?;
     let metrics = Arc::new(Metrics::new(config.metrics.enabled));
+    // Certificates are checked before the models load: a bad file stops the start at once, naming its key.
+    let data_tls = config.server.tls.as_ref().map(|t| TlsSource::load(t, false)).transpose()?;
+    let admin_tls = config.admin.tls.as_ref().filter(|_| config.admin.enabled).map(|t| TlsSource::load(t, true)).transpose()?;
+    let conn_limits = Arc::new(ConnLimits::from(&config.server));
     let limits = DecodeLimits { max_elements: config.server.max_tensor_elements };
     // A gateway may have no local models at all: a missing repository directory is fine when upstreams serve models.
     let mut repository = if config.upstreams.is_empty() || config.server.models.is_dir() {
         Repository::load(&config.server.models, &config.model_defaults, &config.cache, &metrics)?
     } else {
-        Repository::empty(&config.server.models)
+        Repository::empty(&config.server.models, &config.model_defaults, &config.cache, &metrics)
     };
     for pool in &config.upstreams {
         let grpc_max = config.server.grpc_max_message_bytes;
@@ -108,12 +120,16 @@ pub async fn start(config: &Config, shutdown_on: impl std::future::Future<Output
         }
     }
     let repository = Arc::new(repository);
+    repository.warm_up().await?;
     // The cache exists only when a model uses it: no memory bound reserved, no Redis connections otherwise.
     let cache = match repository.all().any(|m| m.cache.is_some()) {
         true => Some(Arc::new(ResponseCache::new(&config.cache, &metrics)?)),
         false => None,
     };
-    let state = Arc::new(AppState::new(repository.clone(), limits, config.server.max_body_bytes, metrics.clone()).with_cache(cache.clone()));
+    let auth = crate::admission::Authenticator::new(&config.auth, &metrics);
+    let state = Arc::new(
+        AppState::new(repository.clone(), limits, config.server.max_body_bytes, metrics.clone()).with_cache(cache.clone()).with_auth(auth.clone()),
+    );
     let (finish, finish_rx) = watch::channel(false);
     // The first snapshot is taken now, so `/scaling` lists every model from the first request on.
     let mut sampler = Sampler::new(Formula::from(&config.scaling));
@@ -123,8 +139,11 @@ pub async fn start(config: &Config, shutdown_on: impl std::future::Future<Output
 
     let admin_addr = if config.admin.enabled {
         let addr = config.admin.listen;
-        let admin_state = AdminState { metrics: metrics.clone(), scaling: scaling.clone() };
-        let admin = AdminServer::bind(addr, admin_state).await.map_err(|source| StartError::Bind { addr, source })?;
+        let admin_state = AdminState { metrics: metrics.clone(), scaling: scaling.clone(), repository: repository.clone(), auth: auth.clone() };
+        let admin = AdminServer::bind(addr, admin_state)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?
+            .with_protection(Protection::new("admin", conn_limits.clone(), admin_tls.clone(), &metrics));
         let bound = admin.local_addr().map_err(|source| StartError::Bind { addr, source })?;
         observers.push(tokio::spawn(admin.serve(stopped(finish_rx.clone()))));
         Some(bound)
@@ -145,7 +164,10 @@ pub async fn start(config: &Config, shutdown_on: impl std::future::Future<Output
     }
 
     let addr = config.server.http;
-    let http = HttpServer::bind(addr, state.clone()).await.map_err(|source| StartError::Bind { addr, source })?;
+    let http = HttpServer::bind(addr, state.clone())
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?
+        .with_protection(Protection::new("http", conn_limits.clone(), data_tls.clone(), &metrics));
     let http_addr = http.local_addr().map_err(|source| StartError::Bind { addr, source })?;
     let addr = config.server.grpc;
     let grpc = grpc_listener::GrpcServer::bind(addr, state.clone(), config.server.grpc_max_message_bytes)
@@ -154,6 +176,7 @@ pub async fn start(config: &Config, shutdown_on: impl std::future::Future<Output
             grpc_listener::GrpcStartError::Bind(source) => StartError::Bind { addr, source },
             other => StartError::Grpc(other.to_string()),
         })?;
+    let grpc = grpc.with_protection(Protection::new("grpc", conn_limits, data_tls.clone(), &metrics));
     let grpc_addr = grpc.local_addr();
 
     // The stop sequence: readiness false at once, serve on for the pre-stop delay, close the listeners, let queued and
@@ -182,7 +205,14 @@ pub async fn start(config: &Config, shutdown_on: impl std::future::Future<Output
         }
     });
     let servers = vec![tokio::spawn(http.serve(stopped(stop_rx.clone()))), tokio::spawn(grpc.serve(stopped(stop_rx)))];
+    // Certificate reload: new connections get the new files' certificate; open ones keep theirs.
+    for (tls, listener) in [(&data_tls, "data"), (&admin_tls, "admin")] {
+        if let Some(reloader) = tls.as_ref().and_then(|t| t.spawn_reloader(listener, &metrics, stopped(finish_rx.clone()))) {
+            observers.push(reloader);
+        }
+    }
 
+    observers.push(crate::repository::watch::spawn(repository.clone(), &config.repository, stopped(finish_rx.clone())));
     let sampler = signal::run(sampler, repository, scaling_tx, stopped(finish_rx.clone()));
     observers.push(tokio::spawn(async move {
         sampler.await;

@@ -4,6 +4,7 @@
 //! [`scheduler`] (queue, batch) → [`backend`] (run) → back out through [`protocol`] (encode).
 //! See `docs/ARCHITECTURE.md`.
 
+pub mod admission;
 pub mod app;
 pub mod backend;
 pub mod cache;

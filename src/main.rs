@@ -21,6 +21,9 @@ enum Command {
     Models(ModelsArgs),
     /// Closed-loop load generator over V2 HTTP (and a raw in-process ONNX Runtime baseline).
     Bench(sluice::bench::BenchArgs),
+    /// Prints the SHA-256 of an API key read from stdin, for `[[auth.tenants]] key_sha256` (one trailing newline is
+    /// ignored).
+    HashKey,
 }
 
 #[derive(clap::Args)]
@@ -58,7 +61,7 @@ struct ModelsArgs {
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config, String> {
     match path {
-        Some(p) => Config::load(p).map_err(|e| e.to_string()),
+        Some(p) => Config::read(p).map_err(|e| e.to_string()),
         None => Ok(Config::default()),
     }
 }
@@ -87,6 +90,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(format) = args.log_format {
         config.logging.format = format;
     }
+    // Checked after the flags are applied, naming the file (a flag may fix what the file says, e.g. --admin).
+    let source = args.config.clone().unwrap_or_else(|| PathBuf::from("the command line"));
+    config.validate(&source).map_err(|e| e.to_string())?;
     sluice::logging::init(&config.logging);
     runtime()?.block_on(async {
         let running = sluice::app::start(&config, sluice::server::shutdown_signal()).await.map_err(|e| e.to_string())?;
@@ -126,12 +132,24 @@ fn models(args: ModelsArgs) -> Result<(), String> {
     })
 }
 
+fn hash_key() -> Result<(), String> {
+    let mut key = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut key).map_err(|e| format!("cannot read the key from stdin: {e}"))?;
+    let key = key.strip_suffix('\n').map(|k| k.strip_suffix('\r').unwrap_or(k)).unwrap_or(&key);
+    if key.is_empty() {
+        return Err("no key on stdin (e.g. `echo -n \"$KEY\" | sluice hash-key`)".into());
+    }
+    println!("{}", sluice::admission::auth::hash_key(key));
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Models(args) => models(args),
         Command::Bench(args) => sluice::bench::main(args),
+        Command::HashKey => hash_key(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

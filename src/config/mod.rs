@@ -1,8 +1,14 @@
 //! Typed, validated configuration: the server file (`config/sluice.toml`) and each model's `model.toml`.
 //! Every default lives here; every error names the file and the key.
 
+mod auth;
+mod repository;
+mod tls;
 mod upstream;
 
+pub use auth::{AuthConfig, Scope, TenantConfig};
+pub use repository::{RepositoryConfig, WarmupData, WarmupFile};
+pub use tls::{ClientAuth, TlsConfig};
 pub use upstream::{EjectionConfig, HealthCheckConfig, UpstreamConfig, UpstreamProtocol};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -39,6 +45,10 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Graceful stop on SIGTERM / SIGINT.
     pub shutdown: ShutdownConfig,
+    /// Watching the model repository for new, changed and removed versions. See docs/LIFECYCLE.md.
+    pub repository: RepositoryConfig,
+    /// API keys per tenant, per-route scopes and per-tenant rate limits. See docs/SECURITY.md.
+    pub auth: AuthConfig,
 }
 
 /// How a stop signal drains the server. The process exits within `pre_stop_delay + drain_timeout` (plus a moment to
@@ -145,12 +155,18 @@ impl Default for RedisConfig {
 pub struct AdminConfig {
     pub enabled: bool,
     /// Serves `GET /metrics` (Prometheus) and `GET /scaling` (KEDA metrics-api). Port 0 picks a free port.
+    /// Loopback by default; any other address needs `public = true` or [auth] with an admin-scoped key.
     pub listen: SocketAddr,
+    /// The admin port may listen on a non-loopback address without authentication (a private pod network, guarded
+    /// by a NetworkPolicy).
+    pub public: bool,
+    /// TLS on the admin listener (`[admin.tls]`, the same keys as `[server.tls]`); absent: plaintext.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { enabled: true, listen: SocketAddr::from(([0, 0, 0, 0], 8002)) }
+        AdminConfig { enabled: true, listen: SocketAddr::from(([127, 0, 0, 1], 8002)), public: false, tls: None }
     }
 }
 
@@ -284,6 +300,31 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest element count of a single input tensor (400 above it).
     pub max_tensor_elements: usize,
+    /// TLS on the HTTP and gRPC listeners (`[server.tls]`); absent: plaintext. See docs/SECURITY.md.
+    pub tls: Option<TlsConfig>,
+    /// A request's head (request line and headers) must arrive within this time of its first byte (of the
+    /// connection's start for its first request), and a gRPC or HTTP/2 connection's preface within this time of the
+    /// connection's start; slower clients are disconnected.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// An HTTP/1 keep-alive connection with no request in progress is closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A request body must arrive within this time once the server starts reading it (408 past it).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Largest request head (HTTP/1: request line and headers, 431 above it; HTTP/2 and gRPC: header list).
+    pub max_header_bytes: usize,
+    /// Most connections open at once, per listener (HTTP, gRPC, admin); over it, new connections are closed at once.
+    pub max_connections: usize,
+    /// Most streams (requests) at once on one HTTP/2 or gRPC connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 and gRPC connections are pinged this often when quiet (0 = never) ...
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// ... and closed when a ping is not answered within this time.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -295,7 +336,47 @@ impl Default for ServerConfig {
             models: PathBuf::from("models"),
             max_body_bytes: 64 * 1024 * 1024,
             max_tensor_elements: 16 * 1024 * 1024,
+            tls: None,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
+            max_concurrent_streams: 256,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
         }
+    }
+}
+
+impl ServerConfig {
+    /// The hostile-client limits: every timeout above zero, sizes and counts in a sane range.
+    fn validate_connection_limits(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: &str| ConfigError::Invalid { path: path.into(), key, message: message.into() };
+        let hour = Duration::from_secs(3600);
+        for (key, value) in [
+            ("server.header_read_timeout", self.header_read_timeout),
+            ("server.idle_timeout", self.idle_timeout),
+            ("server.body_read_timeout", self.body_read_timeout),
+            ("server.keepalive_timeout", self.keepalive_timeout),
+        ] {
+            if value.is_zero() || value > hour {
+                return Err(invalid(key, "must be above zero and at most 1h"));
+            }
+        }
+        if self.keepalive_interval > hour {
+            return Err(invalid("server.keepalive_interval", "must be at most 1h (0 = no pings)"));
+        }
+        if !(4096..=1024 * 1024).contains(&self.max_header_bytes) {
+            return Err(invalid("server.max_header_bytes", "must be between 4096 and 1048576"));
+        }
+        if self.max_connections == 0 || self.max_connections > 1_000_000 {
+            return Err(invalid("server.max_connections", "must be between 1 and 1000000"));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(invalid("server.max_concurrent_streams", "must be at least 1"));
+        }
+        Ok(())
     }
 }
 
@@ -381,6 +462,8 @@ pub struct ModelFile {
     /// Whether running a request twice is harmless (remote models: a request may then be retried on another endpoint
     /// after a timeout or a broken connection). Default true; set false for models with side effects.
     pub idempotent: Option<bool>,
+    /// Requests a newly loaded version answers before it takes traffic (repository models). See docs/LIFECYCLE.md.
+    pub warmup: WarmupFile,
 }
 
 /// A model's `[cache]` table: whether its responses are cached.
@@ -524,10 +607,16 @@ impl ModelFile {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let config = Config::read(path)?;
         config.validate(path)?;
         Ok(config)
+    }
+
+    /// Parses a config file without checking values that command-line flags may still change (the server checks
+    /// the final config at start, naming the file's keys).
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
     }
 
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
@@ -540,6 +629,13 @@ impl Config {
         }
         if self.server.max_tensor_elements == 0 {
             return Err(invalid("server.max_tensor_elements", "must be above zero"));
+        }
+        self.server.validate_connection_limits(path)?;
+        if let Some(tls) = &self.server.tls {
+            tls.validate(false, path)?;
+        }
+        if let Some(tls) = self.admin.tls.as_ref().filter(|_| self.admin.enabled) {
+            tls.validate(true, path)?;
         }
         if !(0..=19).contains(&self.model_defaults.instance_thread_nice) {
             return Err(invalid("model_defaults.instance_thread_nice", "must be between 0 and 19"));
@@ -591,6 +687,17 @@ impl Config {
                 return Err(invalid("cache.redis.retry_after", "must be at least 10ms (it paces reconnection attempts)"));
             }
         }
+        self.auth.validate(path)?;
+        if self.admin.enabled && !self.admin.listen.ip().is_loopback() && !self.admin.public {
+            let guarded = self.auth.enabled && self.auth.tenants.iter().any(|t| t.scopes.contains(&Scope::Admin));
+            if !guarded {
+                return Err(invalid(
+                    "admin.listen",
+                    "is not a loopback address: the admin port (metrics, scaling, repository API) is kept off public addresses unless [auth] is enabled with an admin-scoped key, or admin.public = true says it is on a private network on purpose",
+                ));
+            }
+        }
+        self.repository.validate(path)?;
         if self.shutdown.drain_timeout.is_zero() {
             return Err(invalid("shutdown.drain_timeout", "must be above zero"));
         }
@@ -693,5 +800,32 @@ mod tests {
         assert_eq!(shipped.cache.redis.url, defaults.cache.redis.url);
         assert_eq!(shipped.shutdown.pre_stop_delay, defaults.shutdown.pre_stop_delay);
         assert_eq!(shipped.shutdown.drain_timeout, defaults.shutdown.drain_timeout);
+        assert!(shipped.server.tls.is_none() && shipped.admin.tls.is_none());
+        assert_eq!(shipped.server.header_read_timeout, defaults.server.header_read_timeout);
+        assert_eq!(shipped.server.idle_timeout, defaults.server.idle_timeout);
+        assert_eq!(shipped.server.body_read_timeout, defaults.server.body_read_timeout);
+        assert_eq!(shipped.server.max_header_bytes, defaults.server.max_header_bytes);
+        assert_eq!(shipped.server.max_connections, defaults.server.max_connections);
+        assert_eq!(shipped.server.max_concurrent_streams, defaults.server.max_concurrent_streams);
+        assert_eq!(shipped.server.keepalive_interval, defaults.server.keepalive_interval);
+        assert_eq!(shipped.server.keepalive_timeout, defaults.server.keepalive_timeout);
+    }
+
+    #[test]
+    fn connection_limits_and_tls_settings_are_checked() {
+        let path = Path::new("sluice.toml");
+        for (text, key) in [
+            ("[server]\nheader_read_timeout = \"0s\"", "`server.header_read_timeout`"),
+            ("[server]\nbody_read_timeout = \"2h\"", "`server.body_read_timeout`"),
+            ("[server]\nmax_header_bytes = 100", "`server.max_header_bytes`"),
+            ("[server]\nmax_connections = 0", "`server.max_connections`"),
+            ("[server]\nmax_concurrent_streams = 0", "`server.max_concurrent_streams`"),
+            ("[server.tls]\nkey = \"k.pem\"", "`server.tls.cert`"),
+            ("[admin.tls]\ncert = \"c.pem\"", "`admin.tls.key`"),
+        ] {
+            let config: Config = toml::from_str(text).unwrap();
+            let err = config.validate(path).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 }

@@ -46,12 +46,20 @@ pub const CACHE_BYTES: &str = "sluice_cache_bytes";
 pub const CACHE_ENTRIES: &str = "sluice_cache_entries";
 pub const CACHE_REDIS_ERRORS: &str = "sluice_cache_redis_errors_total";
 pub const CACHE_REDIS_DURATION: &str = "sluice_cache_redis_duration_seconds";
+pub const MODEL_LOADS: &str = "sluice_model_loads_total";
+pub const MODEL_LOAD_DURATION: &str = "sluice_model_load_duration_seconds";
+pub const MODEL_UNLOADS: &str = "sluice_model_unloads_total";
 pub const UPSTREAM_REQUESTS: &str = "sluice_upstream_requests_total";
 pub const UPSTREAM_DURATION: &str = "sluice_upstream_request_duration_seconds";
 pub const UPSTREAM_OUTSTANDING: &str = "sluice_upstream_outstanding_requests";
 pub const UPSTREAM_AVAILABLE: &str = "sluice_upstream_available";
 pub const UPSTREAM_EJECTIONS: &str = "sluice_upstream_ejections_total";
 pub const UPSTREAM_RETRIES: &str = "sluice_upstream_retries_total";
+pub const AUTH_REJECTED: &str = "sluice_auth_rejected_total";
+pub const TENANT_REQUESTS: &str = "sluice_tenant_requests_total";
+pub const CONNECTIONS_OPEN: &str = "sluice_connections_open";
+pub const CONNECTIONS_REFUSED: &str = "sluice_connections_refused_total";
+pub const TLS_RELOADS: &str = "sluice_tls_reloads_total";
 pub const BUILD_INFO: &str = "sluice_build_info";
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
@@ -87,12 +95,20 @@ pub const ALL: &[MetricDef] = &[
     def(CACHE_ENTRIES, Kind::Gauge, "Entries held by the local cache tier."),
     def(CACHE_REDIS_ERRORS, Kind::Counter, "Redis operations that failed and were served without Redis (fail-open), by op (get, set) and kind (timeout, connection, response, corrupt, skipped)."),
     def(CACHE_REDIS_DURATION, Kind::Histogram, "Time of Redis GET and SET operations that got an answer, by op, in seconds."),
+    def(MODEL_LOADS, Kind::Counter, "Model versions loaded from the repository (at start, by the watcher or the repository API), by model and result: ok, load_failed (the model file or its model.toml did not load), warmup_failed (a warm-up request failed or timed out). After a failure the version that was serving keeps serving."),
+    def(MODEL_LOAD_DURATION, Kind::Histogram, "Time to load a model version and run its warm-up, whether it succeeded or not, in seconds."),
+    def(MODEL_UNLOADS, Kind::Counter, "Model versions taken out of service, by model and reason: replaced (a new load of the same version took over), removed (its files left the repository), api (POST /v2/repository/models/{m}/unload). Requests already running on them finish."),
     def(UPSTREAM_REQUESTS, Kind::Counter, "Attempts sent to an upstream endpoint, by pool, endpoint and outcome: ok, connect_error, refused_stream, timeout, unavailable (503), overloaded (429), malformed, refused (other 4xx), failed (other 5xx)."),
     def(UPSTREAM_DURATION, Kind::Histogram, "Time of one attempt to an upstream endpoint, answered or not, by pool and endpoint, in seconds."),
     def(UPSTREAM_OUTSTANDING, Kind::Gauge, "Attempts in flight to an upstream endpoint."),
     def(UPSTREAM_AVAILABLE, Kind::Gauge, "1 when an upstream endpoint takes traffic (healthy, not ejected, metadata agrees), else 0."),
     def(UPSTREAM_EJECTIONS, Kind::Counter, "Times an upstream endpoint was taken out of rotation after failures in a row (passive outlier ejection)."),
     def(UPSTREAM_RETRIES, Kind::Counter, "Retries of requests to a pool, by result: sent (to another endpoint), budget_exhausted (not sent: the retry budget was spent), deadline (not sent: no time left)."),
+    def(AUTH_REJECTED, Kind::Counter, "Requests refused by authentication, by reason: missing (no key, 401), invalid (unknown key, 401), forbidden (key without the route's scope, 403), rate_limited (the tenant's rate limit, 429; with a tenant label)."),
+    def(TENANT_REQUESTS, Kind::Counter, "Requests admitted per authenticated tenant and plane (data, admin)."),
+    def(CONNECTIONS_OPEN, Kind::Gauge, "Connections open on a listener (http, grpc, admin), TLS handshakes in progress included; at most server.max_connections."),
+    def(CONNECTIONS_REFUSED, Kind::Counter, "Connections refused or cut off by a listener's protections, by listener and reason: limit (over max_connections), tls_handshake (failed or too slow), not_tls (plaintext sent to a TLS port), header_timeout (request head or HTTP/2 preface too slow), body_timeout (request body too slow: 408 or DEADLINE_EXCEEDED)."),
+    def(TLS_RELOADS, Kind::Counter, "Certificate reloads after the TLS files changed, by listener (data, admin) and result: ok (new connections use the new certificate), failed (the new files do not load; the previous certificate stays)."),
     def(BUILD_INFO, Kind::Gauge, "Always 1; the version label says which Sluice is running."),
     def(PROCESS_RSS, Kind::Gauge, "Resident memory of the Sluice process, in bytes."),
     def(PROCESS_CPU, Kind::Counter, "User and system CPU time used by the Sluice process, in seconds."),

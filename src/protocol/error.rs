@@ -39,8 +39,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.message }).to_string();
         let mut response = (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(after) = self.retry_after {
-            let secs = after.as_secs_f64().ceil().max(1.0) as u64;
+            let secs = after.as_secs_f64().ceil().clamp(1.0, 86_400.0) as u64;
             if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
@@ -63,6 +66,7 @@ impl From<ApiError> for tonic::Status {
             StatusCode::BAD_GATEWAY => Code::Unavailable,
             StatusCode::UNAUTHORIZED => Code::Unauthenticated,
             StatusCode::FORBIDDEN => Code::PermissionDenied,
+            StatusCode::REQUEST_TIMEOUT => Code::DeadlineExceeded,
             StatusCode::METHOD_NOT_ALLOWED => Code::Unimplemented,
             _ => Code::Internal,
         };
@@ -129,6 +133,18 @@ impl From<crate::backend::UpstreamError> for ApiError {
                 let status = StatusCode::from_u16(status).ok().filter(|s| s.is_client_error()).unwrap_or(StatusCode::BAD_GATEWAY);
                 ApiError::new(status, message)
             }
+        }
+    }
+}
+
+impl From<crate::admission::AuthError> for ApiError {
+    fn from(err: crate::admission::AuthError) -> ApiError {
+        use crate::admission::AuthError;
+        let message = err.to_string();
+        match err {
+            AuthError::Missing | AuthError::Invalid => ApiError::new(StatusCode::UNAUTHORIZED, message),
+            AuthError::Forbidden { .. } => ApiError::new(StatusCode::FORBIDDEN, message),
+            AuthError::RateLimited { retry_after, .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).with_retry_after(retry_after),
         }
     }
 }

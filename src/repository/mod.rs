@@ -1,18 +1,34 @@
-//! The model repository on disk: `models/<name>/<version>/model.onnx` plus an optional `models/<name>/model.toml`.
-//! Loading a version reads its signature from the ONNX file, resolves its settings and starts its scheduler.
+//! The model repository on disk: `models/<name>/<version>/model.onnx` plus an optional `models/<name>/model.toml`,
+//! and the models served from upstream pools.
+//!
+//! Every model is loaded at start. After that the repository changes while it serves (see docs/LIFECYCLE.md): the
+//! watcher ([`watch`]) and the repository API ([`Repository::load_model`], [`Repository::unload_model`]) load new and
+//! changed versions *beside* the serving ones, warm them up, and swap the model table in one step. Requests hold an
+//! `Arc<ModelVersion>` from lookup to answer, so a replaced version finishes its in-flight work and is unloaded when
+//! its last request drops it (dropping the last handle of a scheduler stops its batcher and instance threads).
 //! The highest version of a model serves by default; the others are reachable by URL.
 
+mod disk;
+mod lifecycle;
+mod loader;
+pub mod watch;
+mod warmup;
+
+pub use lifecycle::{IndexEntry, LoadError, VersionState};
+
 use crate::backend::remote::LoadedRemote;
-use crate::backend::{onnx, BackendError, Executor, ModelSignature};
-use crate::cache::key::file_fingerprint;
+use crate::backend::{BackendError, ModelSignature};
 use crate::cache::ModelCache;
 use crate::config::{CacheConfig, ConfigError, ModelDefaults, ModelFile, ModelSettings};
 use crate::metrics::{Metrics, RequestMetrics};
 use crate::scheduler::Scheduler;
-use std::collections::BTreeMap;
+use disk::VersionStamp;
+use loader::{LoadContext, VersionParts};
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepositoryError {
@@ -28,6 +44,8 @@ pub enum RepositoryError {
     Fingerprint { path: PathBuf, source: std::io::Error },
     #[error("model '{0}' is both in the model repository and in an upstream pool; serve it from one place")]
     Duplicate(String),
+    #[error("model '{model}' version {version}: {reason}")]
+    Warmup { model: String, version: u64, reason: String },
 }
 
 /// Why a model could not be found for a request.
@@ -56,10 +74,16 @@ pub struct ModelVersion {
     pub request_metrics: RequestMetrics,
     /// Set when the model's responses are cached (`[cache] enabled = true` in its model.toml).
     pub cache: Option<Arc<ModelCache>>,
+    /// The files this version was loaded from (`None` for models served by an upstream pool).
+    source: Option<VersionStamp>,
+    /// The warm-up it must pass before it is ready.
+    warmup: warmup::Plan,
     ready: AtomicBool,
 }
 
 impl ModelVersion {
+    /// Ready once loaded and warmed up. Only ready versions are put in the model table, except at start, where
+    /// [`Repository::warm_up`] runs before the listeners open.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
@@ -67,72 +91,82 @@ impl ModelVersion {
     pub fn version_string(&self) -> String {
         self.version.to_string()
     }
+
+    fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
 }
 
-/// All models and versions that loaded.
+/// Every serving version: name → version → model.
+type Table = BTreeMap<String, BTreeMap<u64, Arc<ModelVersion>>>;
+
+/// All models and versions being served, and what is needed to load more.
 pub struct Repository {
     root: PathBuf,
-    models: BTreeMap<String, BTreeMap<u64, Arc<ModelVersion>>>,
-}
-
-/// The numbered version directories of a model directory that hold a `model.onnx`, lowest first.
-fn versions_on_disk(dir: &Path) -> Result<Vec<(u64, PathBuf)>, RepositoryError> {
-    let read = std::fs::read_dir(dir).map_err(|source| RepositoryError::Read { path: dir.into(), source })?;
-    let mut versions = Vec::new();
-    for entry in read.flatten() {
-        let name = entry.file_name();
-        let Some(version) = name.to_str().and_then(|n| n.parse::<u64>().ok()).filter(|&v| v > 0) else { continue };
-        let file = entry.path().join("model.onnx");
-        if file.is_file() {
-            versions.push((version, file));
-        }
-    }
-    versions.sort();
-    Ok(versions)
+    /// Read on every request (a read lock and an `Arc` clone); replaced as a whole, under [`Repository::changes`].
+    table: RwLock<Arc<Table>>,
+    /// What versions are loaded with.
+    context: LoadContext,
+    /// Models served by upstream pools: never loaded from or unloaded for the disk.
+    remote: BTreeSet<String>,
+    /// One change of the table at a time (the watcher's and the API's).
+    changes: tokio::sync::Mutex<()>,
+    /// What the repository index reports beyond the serving versions: loads in progress, failures, unloads.
+    status: Mutex<lifecycle::Status>,
+    /// Versions taken out of the table that may still be finishing requests.
+    retired: Mutex<Vec<Weak<ModelVersion>>>,
 }
 
 impl Repository {
     /// Loads every model under `root`. Must run inside a Tokio runtime (each version starts its scheduler).
     /// Any model that fails to load fails the whole start, with a message naming the file and the problem.
+    /// Versions with a `[warmup]` are not ready until [`Repository::warm_up`] has run.
     pub fn load(root: &Path, defaults: &ModelDefaults, cache: &CacheConfig, metrics: &Metrics) -> Result<Repository, RepositoryError> {
-        let read = std::fs::read_dir(root).map_err(|source| RepositoryError::Read { path: root.into(), source })?;
-        let mut dirs: Vec<PathBuf> = read.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
-        dirs.sort();
-        let mut models = BTreeMap::new();
-        for dir in dirs {
-            let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
-            if name.starts_with('.') || name == "__pycache__" {
+        let repository = Repository::empty(root, defaults, cache, metrics);
+        let on_disk = disk::scan(root).map_err(|source| RepositoryError::Read { path: root.into(), source })?;
+        let mut table = Table::new();
+        for (name, model) in on_disk.models {
+            if model.versions.is_empty() {
+                tracing::warn!(dir = %root.join(&name).display(), "skipping a directory with no numbered version holding a model.onnx");
                 continue;
             }
-            let versions = versions_on_disk(&dir)?;
-            if versions.is_empty() {
-                tracing::warn!(dir = %dir.display(), "skipping a directory with no numbered version holding a model.onnx");
-                continue;
-            }
-            let toml_path = dir.join("model.toml");
-            let file = ModelFile::load(&toml_path)?;
+            let file = ModelFile::load(&model.toml_path)?;
             let mut loaded = BTreeMap::new();
-            for (version, path) in versions {
-                let files = ModelFiles { file: &file, toml_path: &toml_path };
-                let model = load_version(&name, version, &path, &files, &Shared { defaults, cache, metrics })?;
+            for (version, on_disk) in model.versions {
+                let started = std::time::Instant::now();
+                let result = loader::prepare(&name, version, &on_disk.path, &file, &model.toml_path, defaults);
+                repository.context.count_load(&name, if result.is_ok() { "ok" } else { "load_failed" }, started);
+                let model = repository.context.start(&name, version, result?, Some(on_disk.stamp));
                 loaded.insert(version, Arc::new(model));
             }
-            models.insert(name, loaded);
+            table.insert(name, loaded);
         }
-        if models.is_empty() {
+        if table.is_empty() {
             tracing::warn!(root = %root.display(), "the model repository holds no model");
         }
-        Ok(Repository { root: root.into(), models })
+        *repository.table.write() = Arc::new(table);
+        Ok(repository)
     }
 
-    /// A repository with no local models (a gateway whose models are all remote).
-    pub fn empty(root: &Path) -> Repository {
-        Repository { root: root.into(), models: BTreeMap::new() }
+    /// A repository with no models yet (a gateway whose models are all remote, or whose repository directory does
+    /// not exist yet): models may still be loaded later, with these settings.
+    pub fn empty(root: &Path, defaults: &ModelDefaults, cache: &CacheConfig, metrics: &Metrics) -> Repository {
+        Repository {
+            root: root.into(),
+            table: RwLock::new(Arc::new(Table::new())),
+            context: LoadContext { defaults: defaults.clone(), cache: cache.clone(), metrics: metrics.clone() },
+            remote: BTreeSet::new(),
+            changes: tokio::sync::Mutex::new(()),
+            status: Mutex::new(lifecycle::Status::default()),
+            retired: Mutex::new(Vec::new()),
+        }
     }
 
-    /// Adds a model served by an upstream pool and starts its scheduler.
+    /// Adds a model served by an upstream pool and starts its scheduler. Remote models are not on disk: reloads
+    /// and the repository API leave them alone.
     pub fn add_remote(&mut self, remote: LoadedRemote, cache: &CacheConfig, metrics: &Metrics) -> Result<(), RepositoryError> {
-        if self.models.contains_key(&remote.name) {
+        let table = Arc::make_mut(self.table.get_mut());
+        if table.contains_key(&remote.name) {
             return Err(RepositoryError::Duplicate(remote.name));
         }
         let parts = VersionParts {
@@ -142,9 +176,12 @@ impl Repository {
             settings: remote.settings,
             executor: remote.executor,
             fingerprint: remote.fingerprint,
+            warmup: warmup::Plan::default(),
         };
-        let model = start_version(&remote.name, remote.version, parts, &Shared { defaults: &ModelDefaults::default(), cache, metrics });
-        self.models.entry(remote.name).or_default().insert(remote.version, Arc::new(model));
+        let context = LoadContext { defaults: ModelDefaults::default(), cache: cache.clone(), metrics: metrics.clone() };
+        let model = context.start(&remote.name, remote.version, parts, None);
+        self.remote.insert(remote.name.clone());
+        table.entry(remote.name).or_default().insert(remote.version, Arc::new(model));
         Ok(())
     }
 
@@ -152,9 +189,15 @@ impl Repository {
         &self.root
     }
 
+    /// The serving versions now. Cheap (an `Arc` clone); later changes do not show in it.
+    fn snapshot(&self) -> Arc<Table> {
+        self.table.read().clone()
+    }
+
     /// Finds a model version: `None` means the highest.
     pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<ModelVersion>, LookupError> {
-        let versions = self.models.get(name).ok_or_else(|| LookupError::UnknownModel(name.to_string()))?;
+        let table = self.table.read();
+        let versions = table.get(name).ok_or_else(|| LookupError::UnknownModel(name.to_string()))?;
         let model = match version.filter(|v| !v.is_empty()) {
             None => versions.values().next_back(),
             Some(text) => {
@@ -169,100 +212,43 @@ impl Repository {
         model.cloned().ok_or_else(|| LookupError::UnknownModel(name.to_string()))
     }
 
-    /// Every loaded version, by name then version.
-    pub fn all(&self) -> impl Iterator<Item = &Arc<ModelVersion>> {
-        self.models.values().flat_map(|v| v.values())
+    /// Every serving version, by name then version, as of now (a snapshot: no lock is held while it is used).
+    pub fn all(&self) -> impl Iterator<Item = Arc<ModelVersion>> {
+        let table = self.snapshot();
+        table.values().flat_map(|v| v.values().cloned()).collect::<Vec<_>>().into_iter()
     }
 
-    /// Ready when every loaded version is ready.
+    /// Ready when every serving version is ready.
     pub fn is_ready(&self) -> bool {
-        self.all().all(|m| m.is_ready())
+        self.snapshot().values().flat_map(|v| v.values()).all(|m| m.is_ready())
     }
 
-    /// Stops admitting new requests to every model; queued ones still run.
+    /// Stops admitting new requests to every serving model; queued ones still run.
     pub fn close(&self) {
         for m in self.all() {
             m.scheduler.close();
         }
     }
-}
 
-/// What every model version is loaded with, whichever it is.
-struct Shared<'a> {
-    defaults: &'a ModelDefaults,
-    cache: &'a CacheConfig,
-    metrics: &'a Metrics,
-}
+    /// Runs the warm-up of every version that is not ready yet (at start, before the listeners open). A failure
+    /// fails the start, as a model that does not load does.
+    pub async fn warm_up(&self) -> Result<(), RepositoryError> {
+        for m in self.all().filter(|m| !m.is_ready()) {
+            let started = std::time::Instant::now();
+            if let Err(reason) = warmup::run(&m).await {
+                self.context.count_load(&m.name, "warmup_failed", started);
+                return Err(RepositoryError::Warmup { model: m.name.clone(), version: m.version, reason });
+            }
+            m.mark_ready();
+            tracing::info!(model = %m.name, version = m.version, requests = m.warmup.len(), warmup_ms = started.elapsed().as_millis() as u64, "model warmed up");
+        }
+        Ok(())
+    }
 
-/// The model's own files: its `model.toml` (already read) and where it is.
-struct ModelFiles<'a> {
-    file: &'a ModelFile,
-    toml_path: &'a Path,
-}
-
-fn load_version(name: &str, version: u64, path: &Path, files: &ModelFiles<'_>, shared: &Shared<'_>) -> Result<ModelVersion, RepositoryError> {
-    let ModelFiles { file, toml_path } = *files;
-    let started = std::time::Instant::now();
-    let (backend, settings) = onnx::load(path, |signature| {
-        file.resolve(shared.defaults, signature.can_batch(), toml_path)
-            .map_err(|e| BackendError::Load { path: path.display().to_string(), message: e.to_string() })
-    })?;
-    tracing::info!(
-        model = name,
-        version,
-        provider = %backend.execution_provider,
-        max_batch_size = settings.max_batch_size,
-        instances = settings.instances,
-        load_ms = started.elapsed().as_millis() as u64,
-        "model loaded"
-    );
-    // Only cached models pay for reading the file again.
-    let fingerprint = match settings.cache_enabled {
-        true => file_fingerprint(path).map_err(|source| RepositoryError::Fingerprint { path: path.into(), source })?,
-        false => [0; 32],
-    };
-    let parts = VersionParts {
-        signature: backend.signature,
-        platform: backend.platform,
-        execution_provider: backend.execution_provider,
-        settings,
-        executor: backend.executor,
-        fingerprint,
-    };
-    Ok(start_version(name, version, parts, shared))
-}
-
-/// What a loaded model version is made of, wherever it runs.
-struct VersionParts {
-    signature: ModelSignature,
-    platform: &'static str,
-    execution_provider: String,
-    settings: ModelSettings,
-    executor: Executor,
-    /// Identifies the model's content in cache keys.
-    fingerprint: [u8; 32],
-}
-
-/// Starts a version's scheduler (and its cache, when the model asks for one).
-fn start_version(name: &str, version: u64, parts: VersionParts, shared: &Shared<'_>) -> ModelVersion {
-    let Shared { cache, metrics, .. } = *shared;
-    let VersionParts { signature, platform, execution_provider, settings, executor, fingerprint } = parts;
-    let label = format!("{name}:{version}");
-    let scheduler = Scheduler::start(label, &signature, settings.clone(), executor, metrics.model(name, version));
-    let model_cache = settings.cache_enabled.then(|| {
-        let ttl = settings.cache_ttl.map_or(cache.ttl, |t| t.min(cache.ttl));
-        Arc::new(ModelCache::new(name, ttl, fingerprint, metrics))
-    });
-    ModelVersion {
-        name: name.to_string(),
-        version,
-        signature,
-        platform,
-        execution_provider,
-        settings,
-        scheduler,
-        request_metrics: metrics.requests(name, version),
-        cache: model_cache,
-        ready: AtomicBool::new(true),
+    /// Versions taken out of service (replaced or unloaded) that are still finishing requests.
+    pub fn draining(&self) -> usize {
+        let mut retired = self.retired.lock();
+        retired.retain(|w| w.strong_count() > 0);
+        retired.len()
     }
 }

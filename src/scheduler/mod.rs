@@ -66,6 +66,11 @@ pub struct Job {
 /// The scheduler of one model version. Cheap to share; dropping the last handle stops its batcher and threads.
 pub struct Scheduler {
     queue: Arc<Queue>,
+    /// The batcher's slots (instances or async concurrency).
+    permits: Arc<tokio::sync::Semaphore>,
+    /// For async backends of models that do not batch: requests run in the caller's task when nothing is queued
+    /// and a slot is free, skipping two task hand-offs (the proxy case).
+    direct: Option<worker::AsyncRunner>,
     stats: Arc<ModelStats>,
     load: Arc<LoadTracker>,
     metrics: ModelMetrics,
@@ -96,8 +101,12 @@ impl Scheduler {
                 worker::Dispatch::Async(worker::AsyncRunner::new(backend, concurrency, observers, output_count))
             }
         };
-        tokio::spawn(batcher::run(queue.clone(), permits, dispatch));
-        Scheduler { queue, stats, load, metrics }
+        let direct = match &dispatch {
+            worker::Dispatch::Async(runner) if settings.max_batch_size == 0 => Some(runner.clone()),
+            _ => None,
+        };
+        tokio::spawn(batcher::run(queue.clone(), permits.clone(), dispatch));
+        Scheduler { queue, permits, direct, stats, load, metrics }
     }
 
     pub fn stats(&self) -> &ModelStats {
@@ -144,6 +153,16 @@ impl Scheduler {
             return Err(ScheduleError::TooManyRows { model: model.into(), rows: job.rows, max: settings.max_batch_size });
         }
         let level = self.priority_level(job.priority)?;
+        if let Some(direct) = &self.direct {
+            // Only when nobody waits, so queued requests keep their order.
+            if self.queue.depth().0 == 0 && !self.queue.is_closed() {
+                if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+                    self.load.arrived(job.rows);
+                    let _in_flight = self.load.in_flight();
+                    return direct.run_one(job.inputs, job.rows, permit).await;
+                }
+            }
+        }
         let timeout = job.timeout.map_or(settings.queue_timeout, |t| t.min(settings.queue_timeout));
         let now = Instant::now();
         let deadline = now + timeout;

@@ -129,6 +129,7 @@ impl Dispatch {
 }
 
 /// Runs the batches of an [`AsyncBackend`] as tasks; the batcher's permits bound how many run at once.
+#[derive(Clone)]
 pub struct AsyncRunner {
     backend: Arc<dyn AsyncBackend>,
     observers: Observers,
@@ -142,6 +143,29 @@ impl AsyncRunner {
     pub fn new(backend: Arc<dyn AsyncBackend>, concurrency: usize, observers: Observers, output_count: usize) -> AsyncRunner {
         let free_slots = Arc::new(Mutex::new((0..concurrency).rev().collect()));
         AsyncRunner { backend, observers, output_count, free_slots }
+    }
+
+    /// Runs one request in the caller's task, without a trip through the batcher: for models that do not batch,
+    /// when nothing is queued and a slot is free (the caller holds `permit`, one of the batcher's). It is recorded
+    /// like a batch of one.
+    pub async fn run_one(&self, inputs: Vec<Tensor>, rows: usize, permit: OwnedSemaphorePermit) -> Result<Vec<Tensor>, ScheduleError> {
+        let slot = self.free_slots.lock().pop().unwrap_or(0);
+        let now = Instant::now();
+        self.observers.load.batch_started(slot, now);
+        self.observers.metrics.queue_duration.record(0.0);
+        // Gives the slot back however the request ends (also when the caller's future is dropped mid-flight).
+        let guard = SlotGuard { runner: self, slot, rows, _permit: permit };
+        let result = self.backend.infer(inputs).await.map_err(ScheduleError::from_backend);
+        let infer = now.elapsed();
+        let result = result.and_then(|outputs| {
+            if outputs.len() == self.output_count {
+                Ok(outputs)
+            } else {
+                Err(backend_err(format!("the backend returned {} outputs, expected {}", outputs.len(), self.output_count)))
+            }
+        });
+        guard.finish(infer, result.is_ok());
+        result
     }
 
     fn spawn(&self, job: BatchJob) {
@@ -171,6 +195,31 @@ impl AsyncRunner {
             begun.finish(entries, result, timing, &observers);
             free_slots.lock().push(slot);
         });
+    }
+}
+
+/// The slot of a request run by [`AsyncRunner::run_one`]: records it and frees the slot when dropped.
+struct SlotGuard<'a> {
+    runner: &'a AsyncRunner,
+    slot: usize,
+    rows: usize,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl SlotGuard<'_> {
+    fn finish(self, infer: std::time::Duration, ok: bool) {
+        let observers = &self.runner.observers;
+        observers.metrics.compute_duration.record(infer.as_secs_f64());
+        observers.metrics.batch_size.record(self.rows as f64);
+        observers.stats.record_batch(1, self.rows, BatchTiming { infer, ..BatchTiming::default() }, ok);
+        // Drop frees the slot.
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.runner.observers.load.batch_finished(self.slot, self.rows, Instant::now());
+        self.runner.free_slots.lock().push(self.slot);
     }
 }
 

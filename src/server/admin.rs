@@ -19,15 +19,24 @@ use tokio::sync::watch;
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub scaling: watch::Receiver<Arc<ScalingSnapshot>>,
+    /// The model repository, for the repository API (`/v2/repository/...`).
+    pub repository: Arc<crate::repository::Repository>,
+    /// When `[auth] enabled`: every admin route needs a key with the `admin` scope.
+    pub auth: Option<Arc<crate::admission::Authenticator>>,
 }
 
 pub fn router(state: AdminState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/scaling", get(scaling))
         .route("/scaling/{model}", get(scaling_model))
-        .fallback(|| async { ApiError::not_found("not found: the admin port serves /metrics, /scaling and /scaling/{model}") })
-        .with_state(state)
+        .merge(super::repository_api::router(state.repository.clone()))
+        .fallback(|| async { ApiError::not_found("not found: the admin port serves /metrics, /scaling, /scaling/{model} and the repository API (POST /v2/repository/index, /v2/repository/models/{m}/load and /unload)") })
+        .with_state(state.clone());
+    match state.auth {
+        Some(auth) => router.layer(axum::middleware::from_fn_with_state(auth, super::auth_layer::require_admin)),
+        None => router,
+    }
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
@@ -63,11 +72,18 @@ async fn scaling_model(State(state): State<AdminState>, Path(model): Path<String
 pub struct AdminServer {
     listener: tokio::net::TcpListener,
     state: AdminState,
+    protection: super::conn::Protection,
 }
 
 impl AdminServer {
     pub async fn bind(addr: SocketAddr, state: AdminState) -> std::io::Result<AdminServer> {
-        Ok(AdminServer { listener: tokio::net::TcpListener::bind(addr).await?, state })
+        Ok(AdminServer { listener: tokio::net::TcpListener::bind(addr).await?, state, protection: super::conn::Protection::plain("admin") })
+    }
+
+    /// TLS (`[admin.tls]`), the connection limit and the timeouts of `[server]`.
+    pub fn with_protection(mut self, protection: super::conn::Protection) -> AdminServer {
+        self.protection = protection;
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -75,6 +91,7 @@ impl AdminServer {
     }
 
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown).await
+        let listener = super::conn::Listener::new(self.listener, self.protection, super::tls::Alpn::Http1);
+        super::conn::serve_http(listener, router(self.state), shutdown, std::future::pending()).await
     }
 }

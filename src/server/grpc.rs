@@ -212,7 +212,8 @@ impl GrpcInferenceService for InferenceService {
         let deadline = grpc_timeout(request.metadata());
         // `cache-control: no-cache` / `no-store` as call metadata, as over HTTP.
         let cache_control = request.metadata().get("cache-control").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let span = tracing::info_span!("infer", protocol = "grpc", model = %request.get_ref().model_name, request_id = %request.get_ref().id);
+        let tenant = super::auth_layer::tenant_of(request.extensions());
+        let span = tracing::info_span!("infer", protocol = "grpc", model = %request.get_ref().model_name, request_id = %request.get_ref().id, tenant = %tenant);
         match infer_one(&self.state, request.into_inner(), deadline, cache_control.as_deref()).instrument(span).await {
             Ok(response) => Ok(Response::new(response)),
             Err(err) => {
@@ -275,10 +276,10 @@ impl GrpcInferenceService for InferenceService {
     async fn model_statistics(&self, request: Request<pb::ModelStatisticsRequest>) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
         let r = request.into_inner();
         let model_stats = if r.name.is_empty() {
-            self.state.repository.all().map(|m| model_statistics(m)).collect()
+            self.state.repository.all().map(|m| model_statistics(&m)).collect()
         } else if r.version.is_empty() {
             lookup(&self.state, &r.name, "")?;
-            self.state.repository.all().filter(|m| m.name == r.name).map(|m| model_statistics(m)).collect()
+            self.state.repository.all().filter(|m| m.name == r.name).map(|m| model_statistics(&m)).collect()
         } else {
             let m = lookup(&self.state, &r.name, &r.version)?;
             vec![model_statistics(&m)]

@@ -1,7 +1,9 @@
 //! The gRPC listener: the inference service with message-size limits, `grpc.health.v1.Health` (the server as "" and
 //! each model by name, so Kubernetes gRPC probes can target either) and server reflection (v1 and v1alpha, for grpcurl).
 
+use super::conn::{self, GrpcMessageTimeoutLayer, Protection};
 use super::grpc::InferenceService;
+use super::auth_layer::GrpcAuth;
 use super::AppState;
 use crate::protocol::grpc::pb::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::protocol::grpc::pb::FILE_DESCRIPTOR_SET;
@@ -9,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::StreamExt;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
@@ -29,13 +32,20 @@ pub struct GrpcServer {
     addr: SocketAddr,
     state: Arc<AppState>,
     max_message_bytes: usize,
+    protection: Protection,
 }
 
 impl GrpcServer {
     pub async fn bind(addr: SocketAddr, state: Arc<AppState>, max_message_bytes: usize) -> Result<GrpcServer, GrpcStartError> {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(GrpcStartError::Bind)?;
         let addr = listener.local_addr().map_err(GrpcStartError::Bind)?;
-        Ok(GrpcServer { listener, addr, state, max_message_bytes })
+        Ok(GrpcServer { listener, addr, state, max_message_bytes, protection: Protection::plain("grpc") })
+    }
+
+    /// TLS, connection limits and timeouts (the default: plaintext, the default limits).
+    pub fn with_protection(mut self, protection: Protection) -> GrpcServer {
+        self.protection = protection;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -66,16 +76,29 @@ impl GrpcServer {
                 .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
+        // Inference and reflection need a key when [auth] is enabled; health stays open for probes.
+        let auth = GrpcAuth(self.state.auth.clone());
         let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1().map_err(std::io::Error::other)?;
+        let reflection_v1 = InterceptedService::new(reflection_v1, auth.clone());
         let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure()).build_v1alpha().map_err(std::io::Error::other)?;
+        let reflection_v1alpha = InterceptedService::new(reflection_v1alpha, auth.clone());
         let inference = GrpcInferenceServiceServer::new(InferenceService::new(self.state.clone()))
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes);
-        let incoming = nodelay_incoming(self.listener);
+        let inference = InterceptedService::new(inference, auth);
+        // Connections come through conn.rs: TLS (ALPN h2), the connection limit, the preface timeout, TCP_NODELAY.
+        let limits = self.protection.limits().clone();
+        let message_timeout = GrpcMessageTimeoutLayer::new(&self.protection);
+        let incoming = conn::incoming(conn::Listener::new(self.listener, self.protection, super::tls::Alpn::Grpc));
         let state = self.state.clone();
         let mut stop = Box::pin(shutdown);
         let (graceful_tx, graceful_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .http2_keepalive_interval(limits.keepalive_interval)
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            .layer(message_timeout)
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -24,10 +24,10 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 type Shared = State<Arc<AppState>>;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    // Health probes stay open: kubelets and load balancers carry no keys.
+    let open = Router::new().route("/v2/health/live", get(live)).route("/v2/health/ready", get(ready));
+    let mut guarded = Router::new()
         .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(ready))
         .route("/v2/models/stats", get(all_stats))
         .route("/v2/models/{model}", get(model_metadata))
         .route("/v2/models/{model}/versions/{version}", get(model_metadata_v))
@@ -38,10 +38,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/models/{model}/stats", get(model_stats))
         .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_v))
         .route("/v2/models/{model}/infer", post(infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v));
+    if let Some(auth) = state.auth.clone() {
+        guarded = guarded.route_layer(axum::middleware::from_fn_with_state(auth, super::auth_layer::require_data));
+    }
+    open.merge(guarded).fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(state)
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
@@ -115,13 +116,13 @@ async fn model_config_v(State(state): Shared, Path((model, version)): Path<(Stri
 }
 
 async fn all_stats(State(state): Shared) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "model_stats": state.repository.all().map(|m| metadata::stats(m)).collect::<Vec<_>>() }))
+    Json(serde_json::json!({ "model_stats": state.repository.all().map(|m| metadata::stats(&m)).collect::<Vec<_>>() }))
 }
 
 /// Without a version, statistics cover every loaded version of the model (as Triton's do).
 async fn model_stats(State(state): Shared, Path(model): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
     lookup(&state, &model, None)?;
-    let stats: Vec<serde_json::Value> = state.repository.all().filter(|m| m.name == model).map(|m| metadata::stats(m)).collect();
+    let stats: Vec<serde_json::Value> = state.repository.all().filter(|m| m.name == model).map(|m| metadata::stats(&m)).collect();
     Ok(Json(serde_json::json!({ "model_stats": stats })))
 }
 
@@ -130,25 +131,28 @@ async fn model_stats_v(State(state): Shared, Path((model, version)): Path<(Strin
     Ok(Json(serde_json::json!({ "model_stats": [metadata::stats(&m)] })))
 }
 
-async fn infer(State(state): Shared, Path(model): Path<String>, headers: HeaderMap, body: Body) -> Response {
-    run_infer(state, model, None, headers, body).await
+async fn infer(State(state): Shared, Path(model): Path<String>, request: axum::extract::Request) -> Response {
+    run_infer(state, model, None, request).await
 }
 
-async fn infer_v(State(state): Shared, Path((model, version)): Path<(String, String)>, headers: HeaderMap, body: Body) -> Response {
-    run_infer(state, model, Some(version), headers, body).await
+async fn infer_v(State(state): Shared, Path((model, version)): Path<(String, String)>, request: axum::extract::Request) -> Response {
+    run_infer(state, model, Some(version), request).await
 }
 
 /// Request ids for log lines when the client sends neither `x-request-id` nor a V2 `id`.
 static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 
-async fn run_infer(state: Arc<AppState>, model: String, version: Option<String>, headers: HeaderMap, body: Body) -> Response {
+async fn run_infer(state: Arc<AppState>, model: String, version: Option<String>, request: axum::extract::Request) -> Response {
     let started = std::time::Instant::now();
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    let tenant = super::auth_layer::tenant_of(&parts.extensions);
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| format!("r{}", NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)));
-    let span = tracing::info_span!("infer", request_id = %request_id, model = %model);
+    let span = tracing::info_span!("infer", request_id = %request_id, model = %model, tenant = %tenant);
     async move {
         let response = match infer_inner(&state, &model, version.as_deref(), &headers, body).await {
             Ok(response) => response,

@@ -1,16 +1,19 @@
 //! Listeners: the KServe V2 HTTP server (axum on hyper), the gRPC server (tonic), and their graceful shutdown.
 
 pub mod admin;
+pub mod conn;
+pub mod auth_layer;
 pub mod grpc;
 pub mod grpc_listener;
 pub mod http;
 pub(crate) mod metadata;
 pub mod pipeline;
+pub mod tls;
+pub mod repository_api;
 
 use crate::metrics::{Metrics, Protocol, UNKNOWN_MODEL};
 use crate::protocol::json::DecodeLimits;
 use crate::repository::Repository;
-use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,6 +27,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The response cache, when a loaded model uses it.
     pub cache: Option<Arc<crate::cache::ResponseCache>>,
+    /// Checks API keys when `[auth] enabled`.
+    pub auth: Option<Arc<crate::admission::Authenticator>>,
     /// Readiness is false (load balancers take the replica out); requests are still served.
     draining: watch::Sender<bool>,
     /// New inferences are refused with 503 / UNAVAILABLE; in-flight ones finish.
@@ -43,12 +48,19 @@ impl AppState {
             max_body_bytes,
             metrics,
             cache: None,
+            auth: None,
             draining: watch::Sender::new(false),
             shutting_down: watch::Sender::new(false),
             aborting: watch::Sender::new(false),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
         }
+    }
+
+    /// Requires API keys on the data plane.
+    pub fn with_auth(mut self, auth: Option<Arc<crate::admission::Authenticator>>) -> AppState {
+        self.auth = auth;
+        self
     }
 
     /// Answers cache-enabled models through `cache`.
@@ -151,12 +163,19 @@ impl Drop for InFlight<'_> {
 pub struct HttpServer {
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
+    protection: conn::Protection,
 }
 
 impl HttpServer {
     pub async fn bind(addr: SocketAddr, state: Arc<AppState>) -> std::io::Result<HttpServer> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        Ok(HttpServer { listener, state })
+        Ok(HttpServer { listener, state, protection: conn::Protection::plain("http") })
+    }
+
+    /// TLS, connection limits and timeouts (the default: plaintext, the default limits).
+    pub fn with_protection(mut self, protection: conn::Protection) -> HttpServer {
+        self.protection = protection;
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -168,19 +187,15 @@ impl HttpServer {
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let state = self.state.clone();
         let router = http::router(self.state);
-        // Small V2 responses must not wait for Nagle's algorithm.
-        let listener = self.listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        // Our own accept loop (conn.rs): TLS, the connection limit, header and body timeouts; TCP_NODELAY so small V2
+        // responses do not wait for Nagle's algorithm.
+        let listener = conn::Listener::new(self.listener, self.protection, tls::Alpn::Http);
         let close_state = state.clone();
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let closing = async move {
             shutdown.await;
             close_state.begin_shutdown();
-        });
-        tokio::select! {
-            ended = std::future::IntoFuture::into_future(server) => ended,
-            _ = abort_flushed(&state) => Ok(()),
-        }
+        };
+        conn::serve_http(listener, router, closing, abort_flushed(&state)).await
     }
 }
 

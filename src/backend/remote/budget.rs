@@ -1,48 +1,31 @@
 //! The retry budget: retries may add at most a fixed fraction of the first attempts as extra load (plus a small
 //! floor per second), so a failing pool is not hit by a retry storm that makes it fail harder.
 
-use parking_lot::Mutex;
+use crate::admission::token_bucket::TokenBucket;
 use std::time::Instant;
 
-/// A token bucket: every first attempt deposits `ratio` tokens, time deposits `min_per_second`, a retry takes one.
+/// Every first attempt deposits `ratio` tokens, time deposits `min_per_second`, a retry takes one.
 pub struct RetryBudget {
     ratio: f64,
-    min_per_second: f64,
-    /// The most tokens kept: about ten seconds of the floor plus a burst of a thousand requests' worth, so a quiet
-    /// spell does not bank an unbounded burst of retries.
-    cap: f64,
-    state: Mutex<Bucket>,
-}
-
-struct Bucket {
-    tokens: f64,
-    refilled: Instant,
+    bucket: TokenBucket,
 }
 
 impl RetryBudget {
     pub fn new(ratio: f64, min_per_second: f64) -> RetryBudget {
+        // The most tokens kept: about ten seconds of the floor plus a burst of a thousand requests' worth, so a quiet
+        // spell does not bank an unbounded burst of retries.
         let cap = (10.0 * min_per_second + 1000.0 * ratio).max(1.0);
-        RetryBudget { ratio, min_per_second, cap, state: Mutex::new(Bucket { tokens: 10.0 * min_per_second, refilled: Instant::now() }) }
+        RetryBudget { ratio, bucket: TokenBucket::with_tokens(min_per_second, cap, 10.0 * min_per_second) }
     }
 
     /// A request's first attempt.
     pub fn deposit(&self) {
-        let mut b = self.state.lock();
-        b.tokens = (b.tokens + self.ratio).min(self.cap);
+        self.bucket.deposit(self.ratio);
     }
 
     /// Takes a token for a retry; `false` when the budget is spent.
     pub fn withdraw(&self, now: Instant) -> bool {
-        let mut b = self.state.lock();
-        let elapsed = now.saturating_duration_since(b.refilled).as_secs_f64();
-        b.refilled = now;
-        b.tokens = (b.tokens + elapsed * self.min_per_second).min(self.cap);
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.bucket.take(now).is_ok()
     }
 }
 

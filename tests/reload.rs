@@ -471,16 +471,16 @@ async fn running_requests_finish_on_the_version_they_started_on() {
 }
 
 /// Models served by an upstream pool are not on disk: reloads leave them alone, a directory of the same name is
-/// ignored, and the repository API refuses to load or unload them. A model directory removed from the repository is
-/// unloaded.
+/// ignored, and the repository API refuses to load or unload them. A repository directory that appears after the
+/// start is picked up; a model directory removed from it is unloaded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_models_survive_reloads() {
     let worker = start_repo(TempRepo::new().link("identity")).await;
     let repo = TempRepo::new();
-    let dir = repo.path().join("m");
-    std::fs::create_dir_all(&dir).unwrap();
-    place(&dir, 1, "identity");
+    // The gateway starts without a local repository (its directory does not exist yet), as gateways usually do.
+    let root = repo.path().join("later");
     let mut config = config(&repo, FAST);
+    config.server.models = root.clone();
     config.upstreams = vec![UpstreamConfig {
         name: "workers".into(),
         protocol: UpstreamProtocol::Http,
@@ -490,13 +490,18 @@ async fn remote_models_survive_reloads() {
         ..UpstreamConfig::default()
     }];
     let gateway = start_with(config, Some(repo)).await;
-    let dir = gateway.repo.as_ref().unwrap().path().join("m");
     assert_eq!(gateway.infer("identity", &identity_request(1.0)).await.status, StatusCode::OK);
+    assert_eq!(serving(&gateway, "m"), None);
 
+    // The repository appears: its models are loaded.
+    let dir = root.join("m");
+    std::fs::create_dir_all(&dir).unwrap();
+    place(&dir, 1, "identity");
+    wait_for_serving(&gateway, "m", Some(1), Duration::from_secs(10)).await;
     place(&dir, 2, "identity");
     wait_for_serving(&gateway, "m", Some(2), Duration::from_secs(10)).await;
     // A directory named like the remote model: ignored.
-    let clash = gateway.repo.as_ref().unwrap().path().join("identity");
+    let clash = root.join("identity");
     std::fs::create_dir_all(&clash).unwrap();
     place_bytes(&clash, 1, GARBAGE);
     // The whole model directory removed: the model is unloaded.

@@ -37,7 +37,12 @@ async fn watch(repository: &Repository, poll: Duration, debounce: Duration) {
     let mut seen: Option<disk::Snapshot> = None;
     let mut seen_since = Instant::now();
     let mut synced: Option<disk::Snapshot> = None;
-    let mut unreadable = false;
+    // A gateway or sidecar without local models names a repository that does not exist: no warning for that, but
+    // models placed there later are still picked up.
+    let mut unreadable = !repository.root().is_dir();
+    if unreadable {
+        tracing::debug!(root = %repository.root().display(), "the model repository does not exist (yet); watching for it");
+    }
     loop {
         // While a change settles, look again after the debounce time rather than a whole poll interval.
         let pending = seen.is_some() && seen != synced;
@@ -60,7 +65,7 @@ async fn watch(repository: &Repository, poll: Duration, debounce: Duration) {
             }
         };
         if unreadable {
-            tracing::info!(root = %repository.root().display(), "the model repository is readable again");
+            tracing::info!(root = %repository.root().display(), "the model repository is readable");
             unreadable = false;
         }
         if seen.as_ref() != Some(&scan) {

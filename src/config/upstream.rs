@@ -157,6 +157,9 @@ impl UpstreamConfig {
         if self.models.is_empty() {
             return Err(invalid("upstreams.models", "must name at least one model".into()));
         }
+        if let Some(bad) = self.models.iter().find(|m| m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))) {
+            return Err(invalid("upstreams.models", format!("'{bad}' is not a model name (letters, digits, '-', '_', '.')")));
+        }
         if let Some(extra) = self.model_settings.keys().find(|k| !self.models.contains(k)) {
             return Err(invalid("upstreams.model_settings", format!("names '{extra}', which is not in upstreams.models")));
         }

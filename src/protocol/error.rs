@@ -124,7 +124,7 @@ impl From<crate::backend::UpstreamError> for ApiError {
         let message = err.to_string();
         match err {
             UpstreamError::Unavailable { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).with_retry_after(Duration::from_secs(1)),
-            UpstreamError::Timeout { .. } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, message),
+            UpstreamError::Timeout { .. } | UpstreamError::TimedOutThere { .. } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, message),
             UpstreamError::Malformed { .. } | UpstreamError::Failed { .. } => ApiError::new(StatusCode::BAD_GATEWAY, message),
             UpstreamError::Overloaded { retry_after, .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).with_retry_after(retry_after.unwrap_or(Duration::from_secs(1)))

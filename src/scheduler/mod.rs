@@ -71,6 +71,8 @@ pub struct Scheduler {
     /// For async backends of models that do not batch: requests run in the caller's task when nothing is queued
     /// and a slot is free, skipping two task hand-offs (the proxy case).
     direct: Option<worker::AsyncRunner>,
+    /// What an async backend is running (see [`Scheduler::depth`]).
+    outstanding: Option<Arc<worker::Outstanding>>,
     stats: Arc<ModelStats>,
     load: Arc<LoadTracker>,
     metrics: ModelMetrics,
@@ -101,12 +103,16 @@ impl Scheduler {
                 worker::Dispatch::Async(worker::AsyncRunner::new(backend, concurrency, observers, output_count))
             }
         };
+        let outstanding = match &dispatch {
+            worker::Dispatch::Async(runner) => Some(runner.outstanding.clone()),
+            worker::Dispatch::Threads(_) => None,
+        };
         let direct = match &dispatch {
             worker::Dispatch::Async(runner) if settings.max_batch_size == 0 => Some(runner.clone()),
             _ => None,
         };
         tokio::spawn(batcher::run(queue.clone(), permits.clone(), dispatch));
-        Scheduler { queue, permits, direct, stats, load, metrics }
+        Scheduler { queue, permits, direct, outstanding, stats, load, metrics }
     }
 
     pub fn stats(&self) -> &ModelStats {
@@ -122,9 +128,17 @@ impl Scheduler {
         self.queue.settings()
     }
 
-    /// Requests and rows waiting now.
+    /// Requests and rows waiting now — for async backends (remote upstreams) also those sent and not answered yet,
+    /// so a gateway's depth shows the load on the workers behind it, not only its own queue.
     pub fn depth(&self) -> (usize, usize) {
-        self.queue.depth()
+        let (requests, rows) = self.queue.depth();
+        match &self.outstanding {
+            Some(outstanding) => {
+                let (running, running_rows) = outstanding.read();
+                (requests + running, rows + running_rows)
+            }
+            None => (requests, rows),
+        }
     }
 
     /// Stops admitting; what is queued still runs. Idempotent.

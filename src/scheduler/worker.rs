@@ -128,9 +128,37 @@ impl Dispatch {
     }
 }
 
+/// Requests and rows an async backend is running now (sent upstream, not answered yet).
+#[derive(Default)]
+pub struct Outstanding {
+    requests: std::sync::atomic::AtomicUsize,
+    rows: std::sync::atomic::AtomicUsize,
+}
+
+impl Outstanding {
+    pub fn read(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Acquire;
+        (self.requests.load(Acquire), self.rows.load(Acquire))
+    }
+
+    fn add(&self, requests: usize, rows: usize) {
+        use std::sync::atomic::Ordering::AcqRel;
+        self.requests.fetch_add(requests, AcqRel);
+        self.rows.fetch_add(rows, AcqRel);
+    }
+
+    fn sub(&self, requests: usize, rows: usize) {
+        use std::sync::atomic::Ordering::AcqRel;
+        self.requests.fetch_sub(requests, AcqRel);
+        self.rows.fetch_sub(rows, AcqRel);
+    }
+}
+
 /// Runs the batches of an [`AsyncBackend`] as tasks; the batcher's permits bound how many run at once.
 #[derive(Clone)]
 pub struct AsyncRunner {
+    /// What is running now, for the queue depth that scaling sees.
+    pub outstanding: Arc<Outstanding>,
     backend: Arc<dyn AsyncBackend>,
     observers: Observers,
     output_count: usize,
@@ -142,7 +170,7 @@ pub struct AsyncRunner {
 impl AsyncRunner {
     pub fn new(backend: Arc<dyn AsyncBackend>, concurrency: usize, observers: Observers, output_count: usize) -> AsyncRunner {
         let free_slots = Arc::new(Mutex::new((0..concurrency).rev().collect()));
-        AsyncRunner { backend, observers, output_count, free_slots }
+        AsyncRunner { outstanding: Arc::default(), backend, observers, output_count, free_slots }
     }
 
     /// Runs one request in the caller's task, without a trip through the batcher: for models that do not batch,
@@ -152,10 +180,11 @@ impl AsyncRunner {
         let slot = self.free_slots.lock().pop().unwrap_or(0);
         let now = Instant::now();
         self.observers.load.batch_started(slot, now);
+        self.outstanding.add(1, rows);
         self.observers.metrics.queue_duration.record(0.0);
         // Gives the slot back however the request ends (also when the caller's future is dropped mid-flight).
         let guard = SlotGuard { runner: self, slot, rows, _permit: permit };
-        let result = self.backend.infer(inputs).await.map_err(ScheduleError::from_backend);
+        let result = guarded(self.backend.infer(inputs)).await;
         let infer = now.elapsed();
         let result = result.and_then(|outputs| {
             if outputs.len() == self.output_count {
@@ -173,18 +202,21 @@ impl AsyncRunner {
         let observers = self.observers.clone();
         let output_count = self.output_count;
         let free_slots = self.free_slots.clone();
+        let outstanding = self.outstanding.clone();
         // The batcher holds a permit per slot, so a slot is always free here; 0 is a harmless fallback.
         let slot = free_slots.lock().pop().unwrap_or(0);
         tokio::spawn(async move {
             let BatchJob { entries, formed, _permit } = job;
             let begun = Begun::new(&entries, formed, &observers, slot);
+            let counted = (entries.len(), begun.total_rows);
+            outstanding.add(counted.0, counted.1);
             let mut timing = begun.timing;
             let result = async {
                 let started = Instant::now();
                 let inputs = join_inputs(&entries)?;
                 let ran = Instant::now();
                 timing.input = ran - started;
-                let outputs = backend.infer(inputs).await.map_err(ScheduleError::from_backend);
+                let outputs = guarded(backend.infer(inputs)).await;
                 let done = Instant::now();
                 timing.infer = done - ran;
                 let per_request = split_outputs(outputs?, &begun.rows, output_count);
@@ -193,8 +225,19 @@ impl AsyncRunner {
             }
             .await;
             begun.finish(entries, result, timing, &observers);
+            outstanding.sub(counted.0, counted.1);
             free_slots.lock().push(slot);
         });
+    }
+}
+
+/// An async backend's answer, with a panic inside it turned into an error for the batch's requests (the slot and
+/// its accounting are released as after any other failure).
+async fn guarded(run: crate::backend::BackendFuture) -> Result<Vec<Tensor>, ScheduleError> {
+    use futures_util::FutureExt;
+    match AssertUnwindSafe(run).catch_unwind().await {
+        Ok(result) => result.map_err(ScheduleError::from_backend),
+        Err(_) => Err(backend_err("the backend panicked while running the batch".into())),
     }
 }
 
@@ -219,6 +262,7 @@ impl SlotGuard<'_> {
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
         self.runner.observers.load.batch_finished(self.slot, self.rows, Instant::now());
+        self.runner.outstanding.sub(1, self.rows);
         self.runner.free_slots.lock().push(self.slot);
     }
 }

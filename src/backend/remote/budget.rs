@@ -51,7 +51,8 @@ mod tests {
         let floor = RetryBudget::new(0.0, 10.0);
         let start = Instant::now();
         let drained = (0..1000).take_while(|_| floor.withdraw(start)).count();
-        assert_eq!(drained, 100, "ten seconds of the floor are banked at most");
+        // Ten seconds of the floor are banked at most (one more may accrue while the test runs).
+        assert!((100..=101).contains(&drained), "{drained}");
         assert!(!floor.withdraw(start));
         assert!(floor.withdraw(start + Duration::from_millis(150)), "the floor refills with time");
     }

@@ -15,6 +15,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// endpoint once slow is tried again eventually (and one that was never measured looks fast).
 const EWMA_DECAY: Duration = Duration::from_secs(10);
 
+/// The latency a failed attempt is taken to have had, at least (see [`Endpoint::finished`]).
+const FAILURE_PENALTY: Duration = Duration::from_millis(100);
+
 /// Attempt outcomes, the `outcome` label of `sluice_upstream_requests_total`.
 pub const OUTCOMES: [&str; 9] =
     ["ok", "connect_error", "refused_stream", "timeout", "unavailable", "overloaded", "malformed", "refused", "failed"];
@@ -162,11 +165,15 @@ impl Endpoint {
         self.metrics.outcomes[outcome].increment(1);
         self.metrics.duration.record(rtt.as_secs_f64());
         {
-            // Peak-EWMA: a slower answer is taken at once, faster ones are blended in.
+            // Peak-EWMA over answers: a slower answer is taken at once, faster ones are blended in. A failed attempt
+            // counts as a slow one (at least FAILURE_PENALTY), so an endpoint that fails fast — 429s, refusals —
+            // never looks cheaper than the healthy ones.
             let mut latency = self.latency.lock();
             let (estimate, at) = *latency;
             let sample = rtt.as_secs_f64();
-            let next = if sample > estimate {
+            let next = if outcome != 0 {
+                estimate.max(sample).max(FAILURE_PENALTY.as_secs_f64())
+            } else if sample > estimate {
                 sample
             } else {
                 let w = (-now.saturating_duration_since(at).as_secs_f64() / EWMA_DECAY.as_secs_f64()).exp();
@@ -217,16 +224,29 @@ impl Endpoint {
             h.passes_in_row = 0;
             if h.healthy && h.failures_in_row >= config.unhealthy_threshold {
                 h.healthy = false;
+                // It may come back as another server (a restart, a reused pod IP): check its metadata again then.
+                h.verified = false;
                 tracing::warn!(endpoint = %self.address, "upstream endpoint failed its health checks");
             }
         }
     }
 
-    /// The endpoint's metadata agrees with the pool's (`Ok`) or not (`Err` with the difference).
+    /// Its metadata could not be checked: no traffic until it is.
+    pub fn unverify(&self) {
+        self.health.lock().verified = false;
+    }
+
+    /// The endpoint's metadata agrees with the pool's (`Ok`) or not (`Err` with the difference). A later agreement
+    /// clears an earlier mismatch (the server behind the address changed).
     pub fn verify(&self, result: Result<(), String>) {
         let mut h = self.health.lock();
         match result {
-            Ok(()) => h.verified = true,
+            Ok(()) => {
+                if h.mismatch.take().is_some() {
+                    tracing::info!(endpoint = %self.address, "upstream endpoint's metadata agrees again");
+                }
+                h.verified = true;
+            }
             Err(difference) => {
                 if h.mismatch.is_none() {
                     tracing::error!(endpoint = %self.address, %difference, "upstream endpoint serves different model metadata; not using it");
@@ -336,9 +356,12 @@ mod tests {
         assert!(e.is_available(Instant::now()));
         e.checked(false, &config);
         assert!(!e.is_available(Instant::now()));
+        assert!(!e.is_verified(), "an unhealthy endpoint is checked again before it gets traffic");
         e.checked(true, &config);
         assert!(!e.is_available(Instant::now()));
         e.checked(true, &config);
+        assert!(!e.is_available(Instant::now()), "healthy but not yet verified");
+        e.verify(Ok(()));
         assert!(e.is_available(Instant::now()));
     }
 

@@ -12,6 +12,9 @@ pub enum UpstreamError {
     /// The last attempt (or the request's total time) ran out: 504.
     #[error("upstream {endpoint} did not answer within {timeout:?}")]
     Timeout { endpoint: String, timeout: Duration },
+    /// The upstream answered 504 / DEADLINE_EXCEEDED itself: 504.
+    #[error("upstream {endpoint} timed out: {message}")]
+    TimedOutThere { endpoint: String, message: String },
     /// The upstream answered something that is not a V2 response for this model: 502.
     #[error("upstream {endpoint} sent a malformed answer: {message}")]
     Malformed { endpoint: String, message: String },
@@ -94,6 +97,7 @@ impl AttemptError {
             }
             AttemptError::Malformed(message) => UpstreamError::Malformed { endpoint, message },
             AttemptError::Refused { status, message } => UpstreamError::Refused { endpoint, status, message },
+            AttemptError::Failed { status: 504, message } => UpstreamError::TimedOutThere { endpoint, message },
             AttemptError::Failed { status, message } => UpstreamError::Failed { endpoint, status, message },
         }
     }

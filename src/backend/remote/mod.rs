@@ -103,6 +103,7 @@ pub async fn load_pool(
             fingerprint: *hasher.finalize().as_bytes(),
         });
     }
+    pool.verify_all().await;
     pool.spawn_upkeep();
     Ok(loaded)
 }

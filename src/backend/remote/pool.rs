@@ -155,53 +155,58 @@ impl Pool {
             }
             let mut found = None;
             for endpoint in self.endpoints().iter() {
-                match tokio::time::timeout(self.config.health.timeout.max(self.config.connect_timeout), endpoint.client.metadata(model, None)).await {
+                match tokio::time::timeout(self.metadata_timeout(), endpoint.client.metadata(model, None)).await {
                     Ok(Ok(metadata)) => {
-                        found = Some(metadata);
+                        found = Some((endpoint.clone(), metadata));
                         break;
                     }
                     Ok(Err(e)) => last = format!("{}: {e}", endpoint.address),
                     Err(_) => last = format!("{}: no answer", endpoint.address),
                 }
             }
-            if let Some(metadata) = found {
-                break metadata;
+            if let Some(found) = found {
+                break found;
             }
             if started.elapsed() >= self.config.startup_timeout {
                 return Err(PoolError::NoMetadata { pool: self.name.clone(), model: model.into(), waited: started.elapsed(), last });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        // Requests go to the newest version the upstream lists (Triton lists the versions it has ready).
+        let (endpoint, mut reference) = reference;
+        // Requests go to the newest version the upstream lists (Triton lists the versions it has ready); the
+        // signature is that version's, which may differ from the default version's.
         let version = reference.versions.iter().filter_map(|v| v.parse::<u64>().ok().map(|n| (n, v))).max().map(|(_, v)| v.clone());
+        if let Some(v) = &version {
+            match tokio::time::timeout(self.metadata_timeout(), endpoint.client.metadata(model, Some(v))).await {
+                Ok(Ok(metadata)) => reference = metadata,
+                Ok(Err(e)) => return Err(PoolError::Setup { pool: self.name.clone(), message: format!("model '{model}' version {v}: {e}") }),
+                Err(_) => return Err(PoolError::Setup { pool: self.name.clone(), message: format!("model '{model}' version {v}: no metadata answer") }),
+            }
+        }
         let spec = Arc::new(RemoteModelSpec { name: model.into(), version, signature: reference.signature, idempotent });
         self.models.write().push(spec.clone());
-        for endpoint in self.endpoints().iter() {
-            self.verify(endpoint).await;
-        }
         Ok(spec)
     }
 
-    /// Checks an endpoint's metadata for every model against the pool's; an endpoint that cannot answer stays
-    /// unverified (and without traffic) until a later round.
+    fn metadata_timeout(&self) -> Duration {
+        self.config.health.timeout.max(self.config.connect_timeout)
+    }
+
+    /// Checks every endpoint against every model found so far (after [`Pool::discover`] has found them all).
+    pub async fn verify_all(&self) {
+        let mut checks = tokio::task::JoinSet::new();
+        for endpoint in self.endpoints().iter().cloned() {
+            let models = self.models.read().clone();
+            let timeout = self.metadata_timeout();
+            checks.spawn(async move { verify_endpoint(&endpoint, &models, timeout).await });
+        }
+        while checks.join_next().await.is_some() {}
+    }
+
+    /// Checks one endpoint's metadata for every model against the pool's.
     async fn verify(&self, endpoint: &Endpoint) {
         let models = self.models.read().clone();
-        for model in &models {
-            let timeout = self.config.health.timeout.max(self.config.connect_timeout);
-            match tokio::time::timeout(timeout, endpoint.client.metadata(&model.name, model.version.as_deref())).await {
-                Ok(Ok(metadata)) => {
-                    if let Some(difference) = model.signature.difference(&metadata.signature) {
-                        endpoint.verify(Err(format!("model '{}': {difference}", model.name)));
-                        return;
-                    }
-                }
-                _ => return,
-            }
-        }
-        if !models.is_empty() {
-            endpoint.verify(Ok(()));
-            endpoint.publish(Instant::now());
-        }
+        verify_endpoint(endpoint, &models, self.metadata_timeout()).await;
     }
 
     /// Runs a request: one attempt, then retries on other endpoints while the failure allows it, the retry budget
@@ -237,10 +242,11 @@ impl Pool {
                 break;
             };
             tried.push(endpoint.clone());
-            let left = deadline.saturating_duration_since(now);
-            let Ok(Some(flight)) = tokio::time::timeout(left, endpoint.begin()).await else {
-                last = Some((AttemptError::Timeout(left), endpoint.address.clone()));
-                break;
+            // Waiting for a slot on a full endpoint is bounded like an attempt; then another endpoint gets a chance.
+            let wait = self.config.try_timeout.min(deadline.saturating_duration_since(now));
+            let Ok(Some(flight)) = tokio::time::timeout(wait, endpoint.begin()).await else {
+                last = Some((AttemptError::Unavailable(format!("all {} of its slots stayed busy for {wait:?}", self.config.max_concurrency)), endpoint.address.clone()));
+                continue;
             };
             let try_timeout = self.config.try_timeout.min(deadline.saturating_duration_since(Instant::now()));
             let answer = tokio::time::timeout(try_timeout, endpoint.client.infer(&model.name, model.version.as_deref(), &named, self.limits)).await;
@@ -322,7 +328,8 @@ impl Pool {
                 if let Some(dns) = pool.config.dns.clone() {
                     if resolved.elapsed() >= dns_refresh {
                         resolved = Instant::now();
-                        match resolve(&dns).await {
+                        let resolved_now = tokio::time::timeout(Duration::from_secs(5), resolve(&dns)).await;
+                        match resolved_now.unwrap_or_else(|_| Err(std::io::Error::other("no answer within 5 s"))) {
                             Ok(addresses) => {
                                 if let Err(e) = pool.set_addresses(addresses) {
                                     tracing::warn!(pool = %pool.name, error = %e, "cannot update the upstream endpoints");
@@ -345,7 +352,7 @@ impl Pool {
             checks.spawn(async move {
                 let ready = matches!(tokio::time::timeout(pool.config.health.timeout, endpoint.client.ready()).await, Ok(true));
                 endpoint.checked(ready, &pool.config.health);
-                if ready && !endpoint.is_verified() {
+                if ready && (!endpoint.is_verified() || endpoint.is_mismatched()) {
                     pool.verify(&endpoint).await;
                 }
                 endpoint.publish(Instant::now());
@@ -353,6 +360,32 @@ impl Pool {
         }
         while checks.join_next().await.is_some() {}
     }
+}
+
+/// Checks an endpoint's metadata for every model: any difference marks it mismatched; an endpoint that cannot
+/// answer for every model stays (or becomes) unverified and gets no traffic until a later check passes.
+async fn verify_endpoint(endpoint: &Endpoint, models: &[Arc<RemoteModelSpec>], timeout: Duration) {
+    if models.is_empty() {
+        return;
+    }
+    for model in models {
+        match tokio::time::timeout(timeout, endpoint.client.metadata(&model.name, model.version.as_deref())).await {
+            Ok(Ok(metadata)) => {
+                if let Some(difference) = model.signature.difference(&metadata.signature) {
+                    endpoint.verify(Err(format!("model '{}': {difference}", model.name)));
+                    endpoint.publish(Instant::now());
+                    return;
+                }
+            }
+            _ => {
+                endpoint.unverify();
+                endpoint.publish(Instant::now());
+                return;
+            }
+        }
+    }
+    endpoint.verify(Ok(()));
+    endpoint.publish(Instant::now());
 }
 
 /// A test an endpoint passes to be a candidate.

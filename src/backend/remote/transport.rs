@@ -191,30 +191,52 @@ fn status_error(status: StatusCode, body: &[u8], retry_after: Option<Duration>) 
         StatusCode::TOO_MANY_REQUESTS => AttemptError::Overloaded { message, retry_after },
         StatusCode::SERVICE_UNAVAILABLE => AttemptError::Unavailable(message),
         StatusCode::GATEWAY_TIMEOUT => AttemptError::Failed { status: code, message },
+        // The upstream does not know the model, or refuses the gateway itself: not the client's fault.
+        StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => AttemptError::Failed { status: code, message: format!("HTTP {status}: {message}") },
         s if s.is_client_error() => AttemptError::Refused { status: code, message },
         s if s.is_server_error() => AttemptError::Failed { status: code, message },
         _ => AttemptError::Malformed(format!("unexpected status {status}: {message}")),
     }
 }
 
-/// A gRPC status from the upstream (or from tonic's own transport).
+/// A gRPC status from the upstream, or from tonic's own transport. A status with an error source never came from
+/// the server (no grpc-status was read): it is classified by that source — a GOAWAY or REFUSED_STREAM means the
+/// request was not processed (safe to retry anywhere), a refused connection means it was never sent, anything else
+/// broke a call that may have run. Only real grpc-status codes are mapped by code.
 fn grpc_error(status: &tonic::Status) -> AttemptError {
     use tonic::Code;
     let message = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    if source.is_some() {
+        while let Some(e) = source {
+            if let Some(h2) = e.downcast_ref::<h2::Error>() {
+                let not_processed = h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+                if not_processed && h2.is_remote() {
+                    return AttemptError::RefusedStream(h2.to_string());
+                }
+                return AttemptError::Connect { message: h2.to_string(), sent: true };
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                let never_sent = matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable);
+                return AttemptError::Connect { message: format!("{message}: {io}"), sent: !never_sent };
+            }
+            source = e.source();
+        }
+        // tonic's connect errors wrap the refused connection in its own types.
+        let never_sent = message.contains("tcp connect error") || message.contains("Connection refused");
+        return AttemptError::Connect { message, sent: !never_sent };
+    }
     match status.code() {
         Code::Unavailable => AttemptError::Unavailable(message),
         Code::ResourceExhausted => AttemptError::Overloaded { message, retry_after: None },
         Code::DeadlineExceeded => AttemptError::Failed { status: 504, message },
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange | Code::AlreadyExists => AttemptError::Refused { status: 400, message },
-        Code::NotFound => AttemptError::Refused { status: 404, message },
-        Code::Unauthenticated => AttemptError::Refused { status: 401, message },
-        Code::PermissionDenied => AttemptError::Refused { status: 403, message },
+        Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists => AttemptError::Refused { status: 400, message },
+        // An answer over the message limit, or a server that knows no such model or refuses the gateway itself:
+        // the upstream, not the client, is at fault.
+        Code::OutOfRange => AttemptError::Malformed(message),
+        Code::NotFound | Code::Unauthenticated | Code::PermissionDenied => AttemptError::Failed { status: 502, message: format!("{:?}: {message}", status.code()) },
         Code::Cancelled => AttemptError::Connect { message: format!("call cancelled: {message}"), sent: true },
-        // tonic's own word for a connection that broke under a call (a killed worker): it may have run.
-        Code::Unknown if message.contains("transport error") || message.contains("connection") => {
-            AttemptError::Connect { message, sent: true }
-        }
-        Code::Internal if message.contains("decode") || message.contains("protocol") => AttemptError::Malformed(message),
+        Code::Internal if message.contains("decode") => AttemptError::Malformed(message),
         _ => AttemptError::Failed { status: 500, message: format!("{:?}: {message}", status.code()) },
     }
 }

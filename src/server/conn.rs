@@ -129,14 +129,16 @@ struct Guard {
     protection: Protection,
     alpn: Alpn,
     slots: Arc<Semaphore>,
-    /// When the connection limit was last reported in the log (it is reported at most every 10 s).
+    /// When the connection limit, and a failing accept, were last reported in the log (at most every 10 s each).
     limit_logged: parking_lot::Mutex<Option<Instant>>,
+    accept_logged: parking_lot::Mutex<Option<Instant>>,
 }
 
 impl Listener {
     pub fn new(tcp: TcpListener, protection: Protection, alpn: Alpn) -> Listener {
         let slots = Arc::new(Semaphore::new(protection.limits.max_connections));
-        Listener { tcp, guard: Arc::new(Guard { protection, alpn, slots, limit_logged: parking_lot::Mutex::new(None) }) }
+        let guard = Guard { protection, alpn, slots, limit_logged: Default::default(), accept_logged: Default::default() };
+        Listener { tcp, guard: Arc::new(guard) }
     }
 
     /// The next connection within the limit. Connections over `max_connections` are closed at once (the client sees
@@ -153,9 +155,7 @@ impl Listener {
                     }
                     Err(_) => {
                         self.guard.protection.metrics.limit.increment(1);
-                        let mut logged = self.guard.limit_logged.lock();
-                        if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-                            *logged = Some(Instant::now());
+                        if self.guard.report(&self.guard.limit_logged) {
                             tracing::warn!(
                                 listener = self.guard.protection.listener,
                                 max_connections = self.guard.protection.limits.max_connections,
@@ -166,8 +166,10 @@ impl Listener {
                 },
                 Err(e) if is_transient(&e) => {}
                 Err(e) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!(listener = self.guard.protection.listener, error = %e, "accept failed; retrying in 100 ms");
+                    // Out of file descriptors and the like: wait instead of spinning, and say so now and then.
+                    if self.guard.report(&self.guard.accept_logged) {
+                        tracing::warn!(listener = self.guard.protection.listener, error = %e, "accept failed; retrying every 100 ms");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -216,6 +218,16 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 const H2_PREFACE_LEN: usize = 24;
 
 impl Guard {
+    /// Whether a recurring condition is due for a log line (at most one every 10 s).
+    fn report(&self, last: &parking_lot::Mutex<Option<Instant>>) -> bool {
+        let mut last = last.lock();
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(10)) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
     /// Completes the TLS handshake (when the listener has TLS) within the handshake timeout.
     async fn establish(&self, accepted: Accepted) -> Option<ServerIo> {
         let Accepted { tcp, remote, slot } = accepted;
@@ -647,6 +659,7 @@ async fn serve_connection(protection: &Protection, io: ServerIo, router: axum::R
     let limits = &protection.limits;
     let peer = io.peer.clone();
     let body_timeout = limits.body_read_timeout;
+    let h1 = !io.h2;
     let timeouts = protection.metrics.body_timeout.clone();
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         let router = router.clone();
@@ -659,7 +672,10 @@ async fn serve_connection(protection: &Protection, io: ServerIo, router: axum::R
             if signal.fired.load(Ordering::Relaxed) {
                 let message = BodyTimedOut(body_timeout).to_string();
                 let mut response = ApiError::new(StatusCode::REQUEST_TIMEOUT, message).into_response();
-                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                if h1 {
+                    // The rest of the body is not read: the connection cannot carry another request.
+                    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 return Ok::<_, Infallible>(response);
             }
             Ok::<_, Infallible>(response)
@@ -885,7 +901,7 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    fn frames(chunks: &[&[u8]]) -> http_body_util::StreamBody<tokio_stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>> {
+    fn frames(chunks: &[&[u8]]) -> impl Body<Data = Bytes, Error = Infallible> + Unpin {
         let frames: Vec<Result<Frame<Bytes>, Infallible>> = chunks.iter().map(|c| Ok(Frame::data(Bytes::copy_from_slice(c)))).collect();
         http_body_util::StreamBody::new(tokio_stream::iter(frames))
     }

@@ -96,14 +96,6 @@ async fn index(server: &Server) -> std::collections::BTreeMap<(String, String), 
         .collect()
 }
 
-/// The sum of the series of `name` whose labels include `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 async fn loads(server: &Server, model: &str, result: &str) -> f64 {
     let text = String::from_utf8_lossy(&server.admin_get("/metrics").await.body).to_string();

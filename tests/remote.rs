@@ -59,14 +59,6 @@ fn first_output(reply: &Reply) -> f64 {
     reply.json()["outputs"][0]["data"][0].as_f64().unwrap_or(f64::NAN)
 }
 
-/// The value of one series in a Prometheus exposition (0 when absent).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // A test proxy in front of a real worker.

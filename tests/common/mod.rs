@@ -369,3 +369,12 @@ pub fn v2_bytes(datatype: &str, data: &Value) -> Vec<u8> {
     }
     out
 }
+
+/// The sum of the series of `name` in a Prometheus exposition whose labels include `labels` (0 when there is none).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

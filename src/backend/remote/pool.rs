@@ -195,7 +195,9 @@ impl Pool {
     /// Checks every endpoint against every model found so far (after [`Pool::discover`] has found them all).
     pub async fn verify_all(&self) {
         let mut checks = tokio::task::JoinSet::new();
-        for endpoint in self.endpoints().iter().cloned() {
+        let endpoints = self.endpoints();
+        for endpoint in endpoints.iter() {
+            let endpoint = endpoint.clone();
             let models = self.models.read().clone();
             let timeout = self.metadata_timeout();
             checks.spawn(async move { verify_endpoint(&endpoint, &models, timeout).await });

@@ -13,3 +13,5 @@ cargo build --quiet --bin sluice
 SLUICE_BIN="$PWD/target/debug/sluice" .venv/bin/python -m pytest -q tests/python
 echo "== Triton's perf_analyzer against sluice (HTTP, gRPC, gRPC streaming)" >&2
 SLUICE_BIN="$PWD/target/debug/sluice" bash tests/perf_analyzer_smoke.sh
+echo "== fuzzing the wire decoders (scripts/fuzz.sh, docs/FUZZING.md)" >&2
+bash scripts/fuzz.sh "${SLUICE_FUZZ_SECONDS:-10}"

@@ -77,3 +77,36 @@ fn seed_corpus_decodes() {
         }
     }
 }
+
+/// A request with one FP16 input holding the JSON array `data` (a flat one: its shape is its length).
+fn fp16_request(data: &str) -> String {
+    let len = data.split(',').count();
+    format!(r#"{{"inputs":[{{"name":"h","datatype":"FP16","shape":[{len}],"data":{data}}}]}}"#)
+}
+
+/// Found by fuzz target `json_request` (its round-trip check; the input it found, minimized by hand:
+/// `{"inputs":[{"name":"h","datatype":"FP16","shape":[3],"data":[0.5,-655043082,-0e-324]}]}`).
+///
+/// An integer literal beyond FP16's range (|v| >= 65520) is taken as an infinity, where the same value written as a
+/// fraction (`70000.0`) is refused as out of range: `DataSink::push_int` in src/protocol/json.rs converts integers with
+/// `half::f16::from_f64(v as f64)` and no range check (the fast path, `json_fast::push_number`, rightly gives up on the
+/// infinity, and the serde path then accepts it). Responses (`json::decode_response`) go through the same code.
+/// Fixed: `push_int`'s FP16 arm refuses an infinite result as `push_float` does.
+#[test]
+fn fp16_integer_out_of_range_is_refused() {
+    for data in ["[70000]", "[-70000]", "[65520]", "[0.5,-655043082,-0e-324]", "[18446744073709551615]"] {
+        match json::decode_request(fp16_request(data).as_bytes(), Bytes::new(), LIMITS) {
+            Err(e) => assert!(e.to_string().contains("out of range for FP16"), "{data}: {e}"),
+            Ok(req) => panic!("{data}: FP16 data out of range decoded to {:?}", req.inputs[0].tensor.data()),
+        }
+    }
+}
+
+/// The behaviour `fp16_integer_out_of_range_is_refused` asks of integers: what fractions and in-range integers get now.
+#[test]
+fn fp16_range_is_checked_for_fractions() {
+    let err = json::decode_request(fp16_request("[70000.0]").as_bytes(), Bytes::new(), LIMITS).unwrap_err();
+    assert!(err.to_string().contains("out of range for FP16"), "{err}");
+    let ok = json::decode_request(fp16_request("[65504]").as_bytes(), Bytes::new(), LIMITS).unwrap();
+    assert_eq!(ok.inputs[0].tensor.data().as_ref(), &0x7bffu16.to_le_bytes(), "65504 is FP16's largest finite value");
+}

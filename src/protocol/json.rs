@@ -264,7 +264,14 @@ impl DataSink {
             Ok(true) => {}
             Err(OutOfRange) => return Err(self.fail(format!("value {v} is out of range for {}", self.dtype))),
             Ok(false) => match self.dtype {
-                DataType::F16 => self.buf.extend_from_slice(&half::f16::from_f64(v as f64).to_le_bytes()),
+                DataType::F16 => {
+                    // Beyond ±65504 an integer would round to an infinity; refused as for fractions (found by fuzzing).
+                    let h = half::f16::from_f64(v as f64);
+                    if h.is_infinite() {
+                        return Err(self.fail(format!("a value of about {:e} is out of range for FP16", v as f64)));
+                    }
+                    self.buf.extend_from_slice(&h.to_le_bytes())
+                }
                 DataType::F32 => self.buf.extend_from_slice(&(v as f32).to_le_bytes()),
                 DataType::F64 => self.buf.extend_from_slice(&(v as f64).to_le_bytes()),
                 DataType::Bool => return Err(self.fail(format!("BOOL data must be true or false, got {v}"))),

@@ -31,7 +31,7 @@ pub struct AppState {
     pub auth: Option<Arc<crate::admission::Authenticator>>,
     /// Readiness is false (load balancers take the replica out); requests are still served.
     draining: watch::Sender<bool>,
-    /// New inferences are refused with 503 / UNAVAILABLE; in-flight ones finish.
+    /// The listeners stopped accepting (gRPC streams take no more requests); what is in flight finishes.
     shutting_down: watch::Sender<bool>,
     /// The drain deadline passed: in-flight inferences are answered 503 / UNAVAILABLE now.
     aborting: watch::Sender<bool>,
@@ -74,9 +74,11 @@ impl AppState {
         !*self.draining.borrow() && self.is_admitting() && self.repository.is_ready()
     }
 
-    /// Whether new inferences are taken (true until the listeners close, also while draining).
+    /// Whether new inferences are taken: until the drain deadline. After the listeners close, a request that still
+    /// arrives on an open keep-alive connection was sent before the client could know, and is served like the rest
+    /// (the connection is closed after its answer).
     pub fn is_admitting(&self) -> bool {
-        !*self.shutting_down.borrow()
+        !*self.aborting.borrow()
     }
 
     /// The first step of a graceful stop: readiness turns false at once (HTTP and gRPC health), while requests and
@@ -91,7 +93,7 @@ impl AppState {
         let _ = rx.wait_for(|begun| *begun).await;
     }
 
-    /// Readiness turns false; new inferences get 503 / UNAVAILABLE; in-flight ones finish.
+    /// Readiness turns false and the listeners stop accepting; requests already on their way are served.
     pub fn begin_shutdown(&self) {
         self.draining.send_replace(true);
         self.shutting_down.send_replace(true);

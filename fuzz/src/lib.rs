@@ -71,9 +71,3 @@ pub fn split(encoded: &sluice::protocol::json::EncodedBody) -> (Bytes, Bytes) {
     let length = encoded.json_header_length.map(|n| n.to_string());
     sluice::protocol::json::split_body(&encoded.body, length.as_deref()).expect("an encoded body splits at its own header length")
 }
-
-/// Whether an FP16 tensor holds an infinity (see the known bug noted in fuzz_targets/json_request.rs).
-pub fn has_infinite_f16(t: &sluice::tensor::Tensor) -> bool {
-    t.dtype() == sluice::tensor::DataType::F16
-        && t.data().chunks_exact(2).any(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7fff == 0x7c00)
-}

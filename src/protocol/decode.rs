@@ -122,3 +122,30 @@ pub fn append_integer(buf: &mut bytes::BytesMut, dtype: DataType, v: i128) -> Re
     }
     Ok(true)
 }
+
+/// The tensor names seen so far in one request, for the duplicate checks: a short list scanned while small (the usual
+/// case: a few inputs), a hash set past that, so a body of many thousands of names costs linear time, not quadratic.
+#[derive(Default)]
+pub struct SeenNames {
+    few: Vec<String>,
+    many: std::collections::HashSet<String>,
+}
+
+impl SeenNames {
+    const SCAN_UP_TO: usize = 16;
+
+    /// `true` the first time `name` is seen.
+    pub fn first(&mut self, name: &str) -> bool {
+        if !self.many.is_empty() {
+            return self.many.insert(name.to_owned());
+        }
+        if self.few.iter().any(|n| n == name) {
+            return false;
+        }
+        self.few.push(name.to_owned());
+        if self.few.len() > Self::SCAN_UP_TO {
+            self.many.extend(self.few.drain(..));
+        }
+        true
+    }
+}

@@ -74,8 +74,9 @@ pub fn decode_request(req: pb::ModelInferRequest, limits: DecodeLimits) -> Resul
     params.cache = bool_param(&req.parameters, "cache")?;
     let inputs = decode_tensors(Role::Input, req.inputs.into_iter().map(WireTensor::from).collect(), req.raw_input_contents, limits)?;
     let mut outputs: Vec<RequestedOutput> = Vec::with_capacity(req.outputs.len());
+    let mut seen = super::decode::SeenNames::default();
     for out in req.outputs {
-        if outputs.iter().any(|o| o.name == out.name) {
+        if !seen.first(&out.name) {
             return Err(DecodeError::DuplicateOutput(out.name));
         }
         if out.parameters.contains_key("classification") {
@@ -141,8 +142,9 @@ fn decode_tensors(role: Role, wire: Vec<WireTensor>, raw: Vec<Bytes>, limits: De
         });
     }
     let mut tensors: Vec<NamedTensor> = Vec::with_capacity(wire.len());
+    let mut seen = super::decode::SeenNames::default();
     for (i, t) in wire.into_iter().enumerate() {
-        if tensors.iter().any(|d| d.name == t.name) {
+        if !seen.first(&t.name) {
             return Err(DecodeError::Duplicate { role, name: t.name });
         }
         let tensor = decode_tensor(role, &t, raw.get(i), limits)?;

@@ -125,8 +125,9 @@ fn request_params(wire: &WireParams<'_>) -> Result<RequestParams, DecodeError> {
 
 fn requested_outputs(wire: &[WireOutput<'_>]) -> Result<Vec<RequestedOutput>, DecodeError> {
     let mut outputs: Vec<RequestedOutput> = Vec::with_capacity(wire.len());
+    let mut seen = super::decode::SeenNames::default();
     for out in wire {
-        if outputs.iter().any(|o| o.name == out.name) {
+        if !seen.first(&out.name) {
             return Err(DecodeError::DuplicateOutput(out.name.clone()));
         }
         if param::<serde_json::Value>(&out.parameters, "classification")?.is_some() {
@@ -159,8 +160,9 @@ pub fn decode_response(json: &[u8], binary: Bytes, limits: DecodeLimits) -> Resu
 fn decode_tensors(role: Role, wire: &[WireTensor<'_>], binary: Bytes, limits: DecodeLimits) -> Result<Vec<NamedTensor>, DecodeError> {
     let mut tensors: Vec<NamedTensor> = Vec::with_capacity(wire.len());
     let mut binary_at = 0usize;
+    let mut seen = super::decode::SeenNames::default();
     for t in wire {
-        if tensors.iter().any(|d| d.name == t.name) {
+        if !seen.first(&t.name) {
             return Err(DecodeError::Duplicate { role, name: t.name.clone() });
         }
         let tensor = decode_tensor(role, t, &binary, &mut binary_at, limits)?;

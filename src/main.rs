@@ -6,6 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's malloc: a request allocates many small, short-lived buffers (HTTP heads, JSON headers,
+/// tensors), and glibc's malloc and free were ~10 % of the gateway's CPU per proxied request (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "A KServe V2 inference gateway with dynamic batching and backpressure")]
 struct Cli {

@@ -213,12 +213,13 @@ impl GrpcInferenceService for InferenceService {
         // `cache-control: no-cache` / `no-store` as call metadata, as over HTTP.
         let cache_control = request.metadata().get("cache-control").and_then(|v| v.to_str().ok()).map(str::to_string);
         let tenant = super::auth_layer::tenant_of(request.extensions());
-        let span = tracing::info_span!("infer", protocol = "grpc", model = %request.get_ref().model_name, request_id = %request.get_ref().id, tenant = %tenant);
+        let (model, request_id) = (request.get_ref().model_name.clone(), request.get_ref().id.clone());
+        let span = super::http::request_span(|| tracing::info_span!("infer", protocol = "grpc", model = %model, request_id = %request_id, tenant = %tenant));
         match infer_one(&self.state, request.into_inner(), deadline, cache_control.as_deref()).instrument(span).await {
             Ok(response) => Ok(Response::new(response)),
             Err(err) => {
                 if err.status.is_server_error() {
-                    tracing::warn!(status = err.status.as_u16(), error = %err.message, "inference failed");
+                    tracing::warn!(protocol = "grpc", model = %model, request_id = %request_id, tenant = %tenant, status = err.status.as_u16(), error = %err.message, "inference failed");
                 }
                 Err(err.into())
             }

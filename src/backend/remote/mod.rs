@@ -9,6 +9,7 @@
 mod budget;
 pub mod endpoint;
 mod error;
+mod h1;
 pub mod pool;
 pub mod transport;
 

@@ -354,6 +354,7 @@ impl Pool {
             checks.spawn(async move {
                 let ready = matches!(tokio::time::timeout(pool.config.health.timeout, endpoint.client.ready()).await, Ok(true));
                 endpoint.checked(ready, &pool.config.health);
+                endpoint.client.prune();
                 if ready && (!endpoint.is_verified() || endpoint.is_mismatched()) {
                     pool.verify(&endpoint).await;
                 }

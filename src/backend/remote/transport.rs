@@ -3,6 +3,7 @@
 //! [`AttemptError`]; the caller bounds each call with its own timeout.
 
 use super::error::AttemptError;
+use super::h1::{Connections, ExchangeError};
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::protocol::grpc::pb;
 use crate::protocol::json::{self, DecodeLimits};
@@ -10,12 +11,13 @@ use crate::protocol::model_metadata::{self, RemoteMetadata};
 use crate::protocol::{grpc, NamedTensor};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use hyper::{Request, StatusCode};
+use hyper::header::{HeaderValue, RETRY_AFTER};
+use hyper::StatusCode;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -40,7 +42,8 @@ pub fn http_client(config: &UpstreamConfig) -> HttpClient {
 /// What a pool needs to reach one endpoint.
 #[derive(Clone)]
 pub enum EndpointClient {
-    Http { client: HttpClient, base: String, max_response_bytes: usize },
+    /// Inference goes over `connections`; readiness and metadata over the shared `client`.
+    Http { client: HttpClient, connections: Arc<Connections>, base: String, max_response_bytes: usize },
     Grpc { client: GrpcInferenceServiceClient<Channel> },
 }
 
@@ -49,7 +52,12 @@ impl EndpointClient {
     pub fn new(config: &UpstreamConfig, address: &str, http: &HttpClient, max_message_bytes: usize) -> Result<EndpointClient, String> {
         let base = format!("http://{address}");
         match config.protocol {
-            UpstreamProtocol::Http => Ok(EndpointClient::Http { client: http.clone(), base, max_response_bytes: max_message_bytes }),
+            UpstreamProtocol::Http => Ok(EndpointClient::Http {
+                client: http.clone(),
+                connections: Arc::new(Connections::new(address, config.connect_timeout, config.idle_timeout, config.max_concurrency)),
+                base,
+                max_response_bytes: max_message_bytes,
+            }),
             UpstreamProtocol::Grpc => {
                 let endpoint = tonic::transport::Endpoint::from_shared(base)
                     .map_err(|e| format!("bad upstream address '{address}': {e}"))?
@@ -68,32 +76,20 @@ impl EndpointClient {
     /// Runs one inference; returns the answer's outputs as named tensors (in the upstream's order).
     pub async fn infer(&self, model: &str, version: Option<&str>, inputs: &[NamedTensor], limits: DecodeLimits) -> Result<Vec<NamedTensor>, AttemptError> {
         match self {
-            EndpointClient::Http { client, base, max_response_bytes } => {
+            EndpointClient::Http { connections, max_response_bytes, .. } => {
                 let encoded = json::encode_request(inputs, true, true).map_err(|e| AttemptError::Refused { status: 400, message: format!("cannot encode the request: {e}") })?;
-                let (body, header_length) = (encoded.body, encoded.json_header_length);
-                let uri = match version {
-                    Some(v) => format!("{base}/v2/models/{model}/versions/{v}/infer"),
-                    None => format!("{base}/v2/models/{model}/infer"),
+                let path = match version {
+                    Some(v) => format!("/v2/models/{model}/versions/{v}/infer"),
+                    None => format!("/v2/models/{model}/infer"),
                 };
-                let mut request = Request::post(uri).header(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-                if let Some(n) = header_length {
-                    request = request.header("inference-header-content-length", n);
-                }
-                let request = request.body(Full::new(body)).map_err(|e| AttemptError::Malformed(format!("cannot build the request: {e}")))?;
-                let response = client.request(request).await.map_err(|e| http_error(&e))?;
-                let status = response.status();
-                let header_length = response
-                    .headers()
-                    .get("inference-header-content-length")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                let retry_after = retry_after(response.headers().get(RETRY_AFTER));
+                let answer = connections.post(&path, encoded.json_header_length, &encoded.body, *max_response_bytes).await.map_err(exchange_error)?;
+                let retry_after = answer.retry_after.as_deref().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs);
+                let status = StatusCode::from_u16(answer.status).map_err(|_| AttemptError::Malformed(format!("invalid status {}", answer.status)))?;
                 if status != StatusCode::OK {
-                    let body = read_body(response.into_body(), MAX_ERROR_BODY).await.unwrap_or_default();
-                    return Err(status_error(status, &body, retry_after));
+                    let shown = &answer.body[..answer.body.len().min(MAX_ERROR_BODY)];
+                    return Err(status_error(status, shown, retry_after));
                 }
-                let body = read_body(response.into_body(), *max_response_bytes).await?;
-                let (head, binary) = json::split_body(&body, header_length.as_deref()).map_err(|e| AttemptError::Malformed(e.to_string()))?;
+                let (head, binary) = json::split_body(&answer.body, answer.header_length.as_deref()).map_err(|e| AttemptError::Malformed(e.to_string()))?;
                 let decoded = json::decode_response(&head, binary, limits).map_err(|e| AttemptError::Malformed(e.to_string()))?;
                 Ok(decoded.outputs)
             }
@@ -150,6 +146,21 @@ impl EndpointClient {
                 model_metadata::from_grpc(response.into_inner()).map_err(|e| AttemptError::Malformed(e.to_string()))
             }
         }
+    }
+
+    /// Drops the idle inference connections that outlived the idle timeout.
+    pub fn prune(&self) {
+        if let EndpointClient::Http { connections, .. } = self {
+            connections.prune();
+        }
+    }
+}
+
+fn exchange_error(e: ExchangeError) -> AttemptError {
+    match e {
+        ExchangeError::Connect { .. } => AttemptError::Connect { message: e.to_string(), sent: false },
+        ExchangeError::Broken(message) => AttemptError::Connect { message, sent: true },
+        ExchangeError::Malformed(message) => AttemptError::Malformed(message),
     }
 }
 

@@ -5,7 +5,7 @@
 use super::budget::RetryBudget;
 use super::endpoint::{Endpoint, OUTCOMES};
 use super::error::{AttemptError, UpstreamError};
-use super::transport::{self, EndpointClient, HttpClient};
+use super::transport::{self, EndpointClient, HttpClient, Prepared};
 use crate::backend::ModelSignature;
 use crate::config::UpstreamConfig;
 use crate::metrics::{catalogue, Metrics};
@@ -216,6 +216,9 @@ impl Pool {
     pub async fn infer(&self, model: &RemoteModelSpec, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, UpstreamError> {
         let named: Vec<NamedTensor> =
             model.signature.inputs.iter().zip(inputs).map(|(spec, tensor)| NamedTensor { name: spec.name.clone(), tensor }).collect();
+        let prepared = Prepared::new(self.config.protocol, &model.name, model.version.as_deref(), &named)
+            .map_err(|e| e.into_upstream(&self.name, ""))?;
+        drop(named);
         let deadline = Instant::now() + self.config.timeout;
         self.budget.deposit();
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
@@ -251,7 +254,7 @@ impl Pool {
                 continue;
             };
             let try_timeout = self.config.try_timeout.min(deadline.saturating_duration_since(Instant::now()));
-            let answer = tokio::time::timeout(try_timeout, endpoint.client.infer(&model.name, model.version.as_deref(), &named, self.limits)).await;
+            let answer = tokio::time::timeout(try_timeout, endpoint.client.infer(&prepared, self.limits)).await;
             let result = match answer {
                 Ok(Ok(outputs)) => model.order_outputs(outputs),
                 Ok(Err(e)) => Err(e),

@@ -39,6 +39,29 @@ pub fn http_client(config: &UpstreamConfig) -> HttpClient {
         .build(connector)
 }
 
+/// A request encoded once for all its attempts: the V2 binary-extension body for HTTP, the message for gRPC.
+pub enum Prepared {
+    Http { path: String, body: Bytes, header_length: Option<usize> },
+    Grpc(pb::ModelInferRequest),
+}
+
+impl Prepared {
+    pub fn new(protocol: UpstreamProtocol, model: &str, version: Option<&str>, inputs: &[NamedTensor]) -> Result<Prepared, AttemptError> {
+        match protocol {
+            UpstreamProtocol::Http => {
+                let encoded = json::encode_request(inputs, true, true)
+                    .map_err(|e| AttemptError::Refused { status: 400, message: format!("cannot encode the request: {e}") })?;
+                let path = match version {
+                    Some(v) => format!("/v2/models/{model}/versions/{v}/infer"),
+                    None => format!("/v2/models/{model}/infer"),
+                };
+                Ok(Prepared::Http { path, body: encoded.body, header_length: encoded.json_header_length })
+            }
+            UpstreamProtocol::Grpc => Ok(Prepared::Grpc(grpc::encode_request(model, version, None, inputs))),
+        }
+    }
+}
+
 /// What a pool needs to reach one endpoint.
 #[derive(Clone)]
 pub enum EndpointClient {
@@ -73,16 +96,11 @@ impl EndpointClient {
         }
     }
 
-    /// Runs one inference; returns the answer's outputs as named tensors (in the upstream's order).
-    pub async fn infer(&self, model: &str, version: Option<&str>, inputs: &[NamedTensor], limits: DecodeLimits) -> Result<Vec<NamedTensor>, AttemptError> {
-        match self {
-            EndpointClient::Http { connections, max_response_bytes, .. } => {
-                let encoded = json::encode_request(inputs, true, true).map_err(|e| AttemptError::Refused { status: 400, message: format!("cannot encode the request: {e}") })?;
-                let path = match version {
-                    Some(v) => format!("/v2/models/{model}/versions/{v}/infer"),
-                    None => format!("/v2/models/{model}/infer"),
-                };
-                let answer = connections.post(&path, encoded.json_header_length, &encoded.body, *max_response_bytes).await.map_err(exchange_error)?;
+    /// Runs one inference of a prepared request; returns the answer's outputs as named tensors (in the upstream's order).
+    pub async fn infer(&self, request: &Prepared, limits: DecodeLimits) -> Result<Vec<NamedTensor>, AttemptError> {
+        match (self, request) {
+            (EndpointClient::Http { connections, max_response_bytes, .. }, Prepared::Http { path, body, header_length }) => {
+                let answer = connections.post(path, *header_length, body, *max_response_bytes).await.map_err(exchange_error)?;
                 let retry_after = answer.retry_after.as_deref().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs);
                 let status = StatusCode::from_u16(answer.status).map_err(|_| AttemptError::Malformed(format!("invalid status {}", answer.status)))?;
                 if status != StatusCode::OK {
@@ -93,11 +111,11 @@ impl EndpointClient {
                 let decoded = json::decode_response(&head, binary, limits).map_err(|e| AttemptError::Malformed(e.to_string()))?;
                 Ok(decoded.outputs)
             }
-            EndpointClient::Grpc { client } => {
-                let request = grpc::encode_request(model, version, None, inputs);
-                let response = client.clone().model_infer(request).await.map_err(|s| grpc_error(&s))?;
+            (EndpointClient::Grpc { client }, Prepared::Grpc(request)) => {
+                let response = client.clone().model_infer(request.clone()).await.map_err(|s| grpc_error(&s))?;
                 grpc::decode_response(response.into_inner(), limits).map_err(|e| AttemptError::Malformed(e.to_string()))
             }
+            _ => Err(AttemptError::Refused { status: 500, message: "a request prepared for one upstream protocol was sent over the other".into() }),
         }
     }
 

@@ -50,6 +50,9 @@ pub struct Answer {
 
 struct Idle {
     stream: TcpStream,
+    /// The connection's read buffer: empty, with the spare room left after the last answer's body was split off
+    /// (several small answers share one allocation this way).
+    buf: BytesMut,
     since: Instant,
 }
 
@@ -69,15 +72,15 @@ impl Connections {
 
     /// Sends `POST path` with `body` and reads the whole answer (a body over `max_body` bytes is refused).
     pub async fn post(&self, path: &str, header_length: Option<usize>, body: &Bytes, max_body: usize) -> Result<Answer, ExchangeError> {
-        let mut stream = match self.checkout() {
-            Some(stream) => stream,
-            None => self.connect().await?,
+        let (mut stream, mut buf) = match self.checkout() {
+            Some(idle) => idle,
+            None => (self.connect().await?, BytesMut::new()),
         };
         let head = request_head(path, &self.address, header_length, body.len());
         write_all_vectored(&mut stream, &head, body).await.map_err(|e| ExchangeError::Broken(format!("cannot send the request: {e}")))?;
-        let (answer, reusable) = read_answer(&mut stream, max_body).await?;
+        let (answer, reusable) = read_answer(&mut stream, &mut buf, max_body).await?;
         if reusable {
-            self.checkin(stream);
+            self.checkin(stream, buf);
         }
         Ok(answer)
     }
@@ -90,7 +93,7 @@ impl Connections {
 
     /// The most recently used idle connection that is still open. A connection the upstream closed while idle
     /// reads as end-of-stream (or stray bytes) here and is dropped, before the request could be lost on it.
-    fn checkout(&self) -> Option<TcpStream> {
+    fn checkout(&self) -> Option<(TcpStream, BytesMut)> {
         loop {
             let idle = self.idle.lock().pop()?;
             if idle.since.elapsed() >= self.idle_timeout {
@@ -98,16 +101,16 @@ impl Connections {
             }
             let mut probe = [0u8; 1];
             match idle.stream.try_read(&mut probe) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(idle.stream),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some((idle.stream, idle.buf)),
                 _ => continue,
             }
         }
     }
 
-    fn checkin(&self, stream: TcpStream) {
+    fn checkin(&self, stream: TcpStream, buf: BytesMut) {
         let mut idle = self.idle.lock();
         if idle.len() < self.max_idle {
-            idle.push(Idle { stream, since: Instant::now() });
+            idle.push(Idle { stream, buf, since: Instant::now() });
         }
     }
 
@@ -160,17 +163,16 @@ enum Framing {
     UntilClose,
 }
 
-/// Reads one answer; also says whether the connection can carry another request.
-async fn read_answer(stream: &mut TcpStream, max_body: usize) -> Result<(Answer, bool), ExchangeError> {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+/// Reads one answer into `buf` (empty on entry); also says whether the connection can carry another request.
+async fn read_answer(stream: &mut TcpStream, buf: &mut BytesMut, max_body: usize) -> Result<(Answer, bool), ExchangeError> {
     let (status, framing, mut keep_alive, header_length, retry_after) = loop {
-        if read_more(stream, &mut buf).await? == 0 {
+        if read_more(stream, buf).await? == 0 {
             let what = if buf.is_empty() { "the upstream closed the connection without answering" } else { "the upstream closed the connection in the middle of the answer's head" };
             return Err(ExchangeError::Broken(what.into()));
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut headers);
-        match response.parse(&buf) {
+        match response.parse(&buf[..]) {
             Ok(httparse::Status::Complete(head_len)) => {
                 let parsed = parse_head(&response)?;
                 buf.advance(head_len);
@@ -193,7 +195,7 @@ async fn read_answer(stream: &mut TcpStream, max_body: usize) -> Result<(Answer,
                 buf.reserve(n - buf.len());
             }
             while buf.len() < n {
-                if read_more(stream, &mut buf).await? == 0 {
+                if read_more(stream, buf).await? == 0 {
                     return Err(ExchangeError::Broken(format!("answer cut off after {} of {n} body bytes", buf.len())));
                 }
             }
@@ -203,18 +205,18 @@ async fn read_answer(stream: &mut TcpStream, max_body: usize) -> Result<(Answer,
             body
         }
         Framing::Chunked => {
-            let body = read_chunked(stream, &mut buf, max_body).await?;
+            let body = read_chunked(stream, buf, max_body).await?;
             keep_alive &= buf.is_empty();
             body
         }
         Framing::UntilClose => {
             keep_alive = false;
-            while read_more(stream, &mut buf).await? > 0 {
+            while read_more(stream, buf).await? > 0 {
                 if buf.len() > max_body {
                     return Err(too_large());
                 }
             }
-            buf.freeze()
+            buf.split().freeze()
         }
     };
     Ok((Answer { status, header_length, retry_after, body }, keep_alive))

@@ -187,7 +187,7 @@ impl WorkerProcess {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start a sluice worker");
         let stdout = child.stdout.take().expect("worker stdout");
@@ -199,7 +199,24 @@ impl WorkerProcess {
                 }
             }
         });
-        rx.recv_timeout(Duration::from_secs(60)).expect("the worker did not start within 60 s");
+        // The worker's (warn-level) log: kept (the first 64 KiB) to explain a failed start, drained after that.
+        let stderr = child.stderr.take().expect("worker stderr");
+        let log = std::thread::spawn(move || {
+            let mut kept = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if kept.len() < 64 * 1024 {
+                    kept.push_str(&line);
+                    kept.push('\n');
+                }
+            }
+            kept
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let said = log.join().unwrap_or_default();
+            panic!("the worker did not start on port {} within 60 s; it said: {said}", self.http);
+        }
         self.child = Some(child);
     }
 
@@ -458,6 +475,43 @@ async fn an_overloaded_worker_is_retried_elsewhere_or_passed_on_as_429() {
     let r = gateway.infer("identity", &identity_request(1.0)).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(busy.infers() + good.infers(), before + 1);
+}
+
+/// Models without gateway batching or cache are forwarded undecoded: the worker's answer comes back byte for byte
+/// (binary extension and JSON alike, the request's `id` echoed by the worker), and bad input is refused by the worker,
+/// with its message. With gateway batching the same request takes the decoded path and gets the same outputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_batching_or_cache_are_forwarded_as_they_are() {
+    let worker = start_models().await;
+    let gateway = start_gateway(pool(vec![worker.addr.to_string()], UpstreamProtocol::Http)).await;
+    let data: Vec<u8> = (0..256).flat_map(|i| (i as f32 * 0.5).to_le_bytes()).collect();
+    let head = json!({"id": "fwd-1", "parameters": {"binary_data_output": true},
+        "inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "parameters": {"binary_data_size": 1024}}]});
+    let direct = worker.infer_binary("/v2/models/identity/infer", &head, &data).await;
+    let via_gateway = gateway.infer_binary("/v2/models/identity/infer", &head, &data).await;
+    assert_eq!(via_gateway.status, StatusCode::OK, "{}", String::from_utf8_lossy(&via_gateway.body));
+    assert_eq!(via_gateway.body, direct.body);
+    assert_eq!(via_gateway.header("inference-header-content-length"), direct.header("inference-header-content-length"));
+    assert_eq!(via_gateway.header("content-type"), Some("application/octet-stream"));
+    let json_request = identity_request(3.0);
+    let direct = worker.infer("identity", &json_request).await;
+    let via_gateway = gateway.infer("identity", &json_request).await;
+    assert_eq!(via_gateway.status, StatusCode::OK);
+    assert_eq!(via_gateway.body, direct.body);
+    assert_eq!(via_gateway.header("content-type"), Some("application/json"));
+    let bad = gateway.post_raw("/v2/models/identity/infer", &[("content-type", "application/json")], "{not json").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&bad.body));
+    assert!(bad.error().contains("malformed JSON request"), "{}", bad.error());
+    // A header length past the body is the gateway's own 400 (it is not forwarded).
+    let r = gateway.post_raw("/v2/models/identity/infer", &[("inference-header-content-length", "999")], "{}").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    let mut batching = pool(vec![worker.addr.to_string()], UpstreamProtocol::Http);
+    let settings = sluice::config::ModelFile { max_batch_size: Some(8), ..Default::default() };
+    batching.model_settings.insert("identity".into(), settings);
+    let decoded = start_gateway(batching).await.infer("identity", &json_request).await;
+    assert_eq!(decoded.status, StatusCode::OK, "{}", String::from_utf8_lossy(&decoded.body));
+    assert_eq!(decoded.json()["outputs"], direct.json()["outputs"]);
 }
 
 /// With one worker 100 ms slower than the other, the balancer sends it a small share of the traffic.

@@ -8,6 +8,7 @@ pub mod remote;
 pub mod signature;
 
 use crate::tensor::Tensor;
+use bytes::Bytes;
 pub use remote::UpstreamError;
 pub use signature::{ModelSignature, TensorSpec};
 use std::future::Future;
@@ -37,10 +38,38 @@ pub trait BackendInstance: Send {
 /// The answer of an [`AsyncBackend`]: outputs in [`ModelSignature::outputs`] order.
 pub type BackendFuture = Pin<Box<dyn Future<Output = Result<Vec<Tensor>, BackendError>> + Send + 'static>>;
 
+/// A V2 HTTP inference body as the client sent it: JSON, or a JSON header of `header_length` bytes and binary tensors.
+#[derive(Clone, Debug)]
+pub struct RawInfer {
+    pub body: Bytes,
+    pub header_length: Option<usize>,
+}
+
+/// The answer to a [`RawInfer`], its body as the model's server sent it.
+#[derive(Clone, Debug)]
+pub struct RawAnswer {
+    pub body: Bytes,
+    pub header_length: Option<usize>,
+}
+
+pub type ForwardFuture = Pin<Box<dyn Future<Output = Result<RawAnswer, BackendError>> + Send + 'static>>;
+
 /// A backend that waits rather than computes: it must never block, and may run many batches at once.
 pub trait AsyncBackend: Send + Sync + 'static {
     /// Runs one batch. `inputs` follow [`ModelSignature::inputs`] order.
     fn infer(&self, inputs: Vec<Tensor>) -> BackendFuture;
+
+    /// Whether [`AsyncBackend::forward`] works: the model runs behind another V2 HTTP server that can take a client's
+    /// body as it is.
+    fn can_forward(&self) -> bool {
+        false
+    }
+
+    /// Sends a client's V2 HTTP body on as it is and returns the answer's body as it comes (checked to be a V2
+    /// answer, not decoded), for requests that need nothing of the gateway but a pass: no batching, no cache.
+    fn forward(&self, _request: RawInfer) -> ForwardFuture {
+        Box::pin(async { Err(BackendError::Run("this backend cannot forward requests".into())) })
+    }
 }
 
 /// How the scheduler runs a model's batches.

@@ -10,7 +10,7 @@ mod queue;
 pub mod stats;
 mod worker;
 
-use crate::backend::{BackendError, Executor, ModelSignature, UpstreamError};
+use crate::backend::{BackendError, Executor, ModelSignature, RawAnswer, RawInfer, UpstreamError};
 use crate::config::ModelSettings;
 use crate::metrics::{ModelMetrics, RejectReason};
 use crate::scaling::LoadTracker;
@@ -156,6 +156,20 @@ impl Scheduler {
             Some(p) if p <= settings.priority_levels => Ok(p),
             Some(p) => Err(ScheduleError::BadPriority { model: self.queue.model().into(), given: p, levels: settings.priority_levels }),
         }
+    }
+
+    /// Passes a raw V2 HTTP body on to the backend undecoded, when the model allows it: a backend that forwards, no
+    /// batching, nothing queued and a slot free (as for the inline path of [`Scheduler::infer`]). `None`: none of
+    /// that holds, and the request takes the decoded path.
+    pub async fn forward(&self, request: &RawInfer) -> Option<Result<RawAnswer, ScheduleError>> {
+        let direct = self.direct.as_ref().filter(|d| d.can_forward())?;
+        if self.queue.depth().0 != 0 || self.queue.is_closed() {
+            return None;
+        }
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        self.load.arrived(1);
+        let _in_flight = self.load.in_flight();
+        Some(direct.forward_one(request.clone(), permit).await)
     }
 
     /// Queues one request and waits for its outputs (all of the model's outputs, in signature order).

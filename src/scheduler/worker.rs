@@ -4,12 +4,13 @@
 use super::queue::Entry;
 use super::stats::{BatchTiming, ModelStats};
 use super::ScheduleError;
-use crate::backend::{AsyncBackend, BackendInstance};
+use crate::backend::{AsyncBackend, BackendInstance, RawAnswer, RawInfer};
 use crate::metrics::ModelMetrics;
 use crate::scaling::LoadTracker;
 use crate::tensor::Tensor;
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
@@ -177,6 +178,37 @@ impl AsyncRunner {
     /// when nothing is queued and a slot is free (the caller holds `permit`, one of the batcher's). It is recorded
     /// like a batch of one.
     pub async fn run_one(&self, inputs: Vec<Tensor>, rows: usize, permit: OwnedSemaphorePermit) -> Result<Vec<Tensor>, ScheduleError> {
+        let output_count = self.output_count;
+        self.run_inline(rows, permit, async move {
+            let outputs = guarded(self.backend.infer(inputs)).await?;
+            if outputs.len() == output_count {
+                Ok(outputs)
+            } else {
+                Err(backend_err(format!("the backend returned {} outputs, expected {output_count}", outputs.len())))
+            }
+        })
+        .await
+    }
+
+    /// Whether [`AsyncRunner::forward_one`] can be used: the backend passes raw V2 HTTP bodies on.
+    pub fn can_forward(&self) -> bool {
+        self.backend.can_forward()
+    }
+
+    /// [`AsyncRunner::run_one`] for a raw V2 HTTP body that the backend passes on undecoded (one row).
+    pub async fn forward_one(&self, request: RawInfer, permit: OwnedSemaphorePermit) -> Result<RawAnswer, ScheduleError> {
+        self.run_inline(1, permit, async move {
+            use futures_util::FutureExt;
+            match AssertUnwindSafe(self.backend.forward(request)).catch_unwind().await {
+                Ok(result) => result.map_err(ScheduleError::from_backend),
+                Err(_) => Err(backend_err("the backend panicked while forwarding the request".into())),
+            }
+        })
+        .await
+    }
+
+    /// Runs `work` in the caller's task as a batch of `rows`: holds a slot, counts it outstanding, records it.
+    async fn run_inline<T>(&self, rows: usize, permit: OwnedSemaphorePermit, work: impl Future<Output = Result<T, ScheduleError>>) -> Result<T, ScheduleError> {
         let slot = self.free_slots.lock().pop().unwrap_or(0);
         let now = Instant::now();
         self.observers.load.batch_started(slot, now);
@@ -184,16 +216,8 @@ impl AsyncRunner {
         self.observers.metrics.queue_duration.record(0.0);
         // Gives the slot back however the request ends (also when the caller's future is dropped mid-flight).
         let guard = SlotGuard { runner: self, slot, rows, _permit: permit };
-        let result = guarded(self.backend.infer(inputs)).await;
-        let infer = now.elapsed();
-        let result = result.and_then(|outputs| {
-            if outputs.len() == self.output_count {
-                Ok(outputs)
-            } else {
-                Err(backend_err(format!("the backend returned {} outputs, expected {}", outputs.len(), self.output_count)))
-            }
-        });
-        guard.finish(infer, result.is_ok());
+        let result = work.await;
+        guard.finish(now.elapsed(), result.is_ok());
         result
     }
 

@@ -4,6 +4,7 @@
 use crate::metrics::Protocol;
 use super::{metadata, pipeline, AppState};
 use crate::protocol::json::{decode_request, encode_response, split_body, EncodeChoice};
+use crate::backend::RawInfer;
 use crate::protocol::ApiError;
 use crate::repository::ModelVersion;
 use axum::body::Body;
@@ -217,6 +218,21 @@ async fn infer_inner(
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| ApiError::bad_request("Inference-Header-Content-Length is not ASCII"))?),
     };
+    // A header length that does not fit the body is refused by the decoded path, with its message.
+    let fitting_length = match header_length {
+        None => Some(None),
+        Some(text) => text.trim().parse::<usize>().ok().filter(|&n| n <= body.len()).map(Some),
+    };
+    if let Some(header_length) = fitting_length {
+        let raw = RawInfer { body: body.clone(), header_length };
+        if let Some(answer) = pipeline::forward(state, &m, &raw).await {
+            return answer.map(|answer| {
+                let mut http = Response::new(Body::from(answer.body));
+                set_content_type(http.headers_mut(), answer.header_length);
+                http
+            });
+        }
+    }
     let (json, binary) = split_body(&body, header_length)?;
     let mut request = decode_request(&json, binary, state.limits)?;
     let cache_control = headers.get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok());
@@ -230,7 +246,13 @@ async fn infer_inner(
     if let Some(status) = response.cache {
         h.insert("x-sluice-cache", HeaderValue::from_static(status.as_str()));
     }
-    match encoded.json_header_length {
+    set_content_type(h, encoded.json_header_length);
+    Ok(http)
+}
+
+/// A V2 answer's content type: binary extension (with the JSON header's length) or plain JSON.
+fn set_content_type(h: &mut HeaderMap, json_header_length: Option<usize>) {
+    match json_header_length {
         Some(n) => {
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
             h.insert(HEADER_LENGTH, HeaderValue::from(n));
@@ -239,5 +261,4 @@ async fn infer_inner(
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
     }
-    Ok(http)
 }

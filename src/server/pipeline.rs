@@ -4,6 +4,7 @@
 
 use super::AppState;
 use crate::cache::key::{KeyBuilder, ModelIdentity};
+use crate::backend::{RawAnswer, RawInfer};
 use crate::cache::{Outputs, Policy, ResponseCache};
 use crate::protocol::{ApiError, InferRequest, InferResponse, NamedTensor};
 use crate::repository::ModelVersion;
@@ -52,9 +53,28 @@ pub async fn infer(
     tokio::select! {
         biased;
         answer = infer_inner(state, m, request, deadline, policy) => answer,
-        _ = state.aborted() => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down and its drain time ran out before this request was answered; retry it elsewhere")
-            .with_retry_after(Duration::from_secs(1))),
+        _ = state.aborted() => Err(drain_expired()),
     }
+}
+
+/// Passes a V2 HTTP body on undecoded when `m` needs nothing of the gateway but a pass: a remote model over HTTP
+/// without gateway batching or cache, nothing queued, a slot free ([`crate::scheduler::Scheduler::forward`]).
+/// `None`: the request takes the decoded path. Bad requests are the upstream's to refuse (its 4xx is passed on).
+pub async fn forward(state: &AppState, m: &Arc<ModelVersion>, request: &RawInfer) -> Option<Result<RawAnswer, ApiError>> {
+    if state.cache.is_some() && m.cache.is_some() {
+        return None;
+    }
+    let _in_flight = state.track_inference();
+    tokio::select! {
+        biased;
+        answer = m.scheduler.forward(request) => answer.map(|result| result.map_err(ApiError::from)),
+        _ = state.aborted() => Some(Err(drain_expired())),
+    }
+}
+
+fn drain_expired() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down and its drain time ran out before this request was answered; retry it elsewhere")
+        .with_retry_after(Duration::from_secs(1))
 }
 
 async fn infer_inner(

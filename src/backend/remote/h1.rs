@@ -121,6 +121,11 @@ impl Connections {
             Ok(Err(e)) => return Err(failed(e.to_string())),
             Err(_) => return Err(failed(format!("no connection within {:?}", self.connect_timeout))),
         };
+        // A connect to a loopback port nobody listens on can, rarely, pick that very port as its own source port and
+        // connect to itself (TCP simultaneous open): it would then hold the port the worker restarts on.
+        if matches!((stream.local_addr(), stream.peer_addr()), (Ok(local), Ok(peer)) if local == peer) {
+            return Err(failed("connected to itself (nobody listens on that port)".into()));
+        }
         stream.set_nodelay(true).map_err(|e| failed(format!("cannot set TCP_NODELAY: {e}")))?;
         Ok(stream)
     }
@@ -130,7 +135,9 @@ fn request_head(path: &str, host: &str, header_length: Option<usize>, body_lengt
     use std::io::Write;
     let mut head = Vec::with_capacity(160 + path.len() + host.len());
     // Writing into a Vec cannot fail.
-    let _ = write!(head, "POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/octet-stream\r\ncontent-length: {body_length}\r\n");
+    // A body with the binary extension is not JSON as a whole.
+    let content_type = if header_length.is_some() { "application/octet-stream" } else { "application/json" };
+    let _ = write!(head, "POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: {content_type}\r\ncontent-length: {body_length}\r\n");
     if let Some(n) = header_length {
         let _ = write!(head, "inference-header-content-length: {n}\r\n");
     }

@@ -9,11 +9,11 @@
 mod budget;
 pub mod endpoint;
 mod error;
-mod h1;
+pub mod h1;
 pub mod pool;
 pub mod transport;
 
-use super::{AsyncBackend, BackendError, BackendFuture, Executor, ModelSignature};
+use super::{AsyncBackend, BackendError, BackendFuture, Executor, ForwardFuture, ModelSignature, RawInfer};
 use crate::config::{ConfigError, ModelDefaults, ModelSettings, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::protocol::json::DecodeLimits;
@@ -34,6 +34,16 @@ impl AsyncBackend for RemoteModel {
         let pool = self.pool.clone();
         let spec = self.spec.clone();
         Box::pin(async move { pool.infer(&spec, inputs).await.map_err(BackendError::Upstream) })
+    }
+
+    fn can_forward(&self) -> bool {
+        self.pool.can_forward()
+    }
+
+    fn forward(&self, request: RawInfer) -> ForwardFuture {
+        let pool = self.pool.clone();
+        let spec = self.spec.clone();
+        Box::pin(async move { pool.forward(&spec, request).await.map_err(BackendError::Upstream) })
     }
 }
 

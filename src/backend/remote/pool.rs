@@ -6,7 +6,7 @@ use super::budget::RetryBudget;
 use super::endpoint::{Endpoint, OUTCOMES};
 use super::error::{AttemptError, UpstreamError};
 use super::transport::{self, EndpointClient, HttpClient, Prepared};
-use crate::backend::ModelSignature;
+use crate::backend::{ModelSignature, RawAnswer, RawInfer};
 use crate::config::UpstreamConfig;
 use crate::metrics::{catalogue, Metrics};
 use crate::protocol::json::DecodeLimits;
@@ -219,13 +219,40 @@ impl Pool {
         let prepared = Prepared::new(self.config.protocol, &model.name, model.version.as_deref(), &named)
             .map_err(|e| e.into_upstream(&self.name, ""))?;
         drop(named);
+        let (prepared, limits) = (&prepared, self.limits);
+        self.attempts(model, |endpoint| async move {
+            let outputs = endpoint.client.infer(prepared, limits).await?;
+            model.order_outputs(outputs)
+        })
+        .await
+    }
+
+    /// Whether [`Pool::forward`] works: HTTP pools take a client's V2 HTTP body as it is.
+    pub fn can_forward(&self) -> bool {
+        self.config.protocol == crate::config::UpstreamProtocol::Http
+    }
+
+    /// Sends a client's V2 HTTP body to an endpoint as it is, with the same balancing, retries and ejection as
+    /// [`Pool::infer`]; the answer comes back checked to be a V2 answer, not decoded.
+    pub async fn forward(&self, model: &RemoteModelSpec, request: RawInfer) -> Result<RawAnswer, UpstreamError> {
+        let path = transport::infer_path(&model.name, model.version.as_deref());
+        let (path, request) = (&path, &request);
+        self.attempts(model, |endpoint| async move { endpoint.client.forward(path, request).await }).await
+    }
+
+    /// The attempt loop of a request: `attempt` runs one try on the endpoint it is given.
+    async fn attempts<T, F, Fut>(&self, model: &RemoteModelSpec, attempt: F) -> Result<T, UpstreamError>
+    where
+        F: Fn(Arc<Endpoint>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, AttemptError>>,
+    {
         let deadline = Instant::now() + self.config.timeout;
         self.budget.deposit();
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut last: Option<(AttemptError, String)> = None;
-        for attempt in 0..self.config.max_attempts {
+        for round in 0..self.config.max_attempts {
             let now = Instant::now();
-            if attempt > 0 {
+            if round > 0 {
                 let Some((err, _)) = &last else { break };
                 if !err.retryable(model.idempotent) {
                     break;
@@ -254,21 +281,19 @@ impl Pool {
                 continue;
             };
             let try_timeout = self.config.try_timeout.min(deadline.saturating_duration_since(Instant::now()));
-            let answer = tokio::time::timeout(try_timeout, endpoint.client.infer(&prepared, self.limits)).await;
-            let result = match answer {
-                Ok(Ok(outputs)) => model.order_outputs(outputs),
-                Ok(Err(e)) => Err(e),
+            let result = match tokio::time::timeout(try_timeout, attempt(endpoint.clone())).await {
+                Ok(result) => result,
                 Err(_) => Err(AttemptError::Timeout(try_timeout)),
             };
             match result {
-                Ok(outputs) => {
+                Ok(answer) => {
                     endpoint.finished(flight, 0, false, &self.config.ejection);
-                    return Ok(outputs);
+                    return Ok(answer);
                 }
                 Err(e) => {
                     let outcome = OUTCOMES.iter().position(|o| *o == e.outcome()).unwrap_or(OUTCOMES.len() - 1);
                     endpoint.finished(flight, outcome, e.counts_against_endpoint(), &self.config.ejection);
-                    tracing::debug!(pool = %self.name, endpoint = %endpoint.address, attempt, error = %e, "upstream attempt failed");
+                    tracing::debug!(pool = %self.name, endpoint = %endpoint.address, attempt = round, error = %e, "upstream attempt failed");
                     last = Some((e, endpoint.address.clone()));
                 }
             }

@@ -4,6 +4,7 @@
 
 use super::error::AttemptError;
 use super::h1::{Connections, ExchangeError};
+use crate::backend::{RawAnswer, RawInfer};
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::protocol::grpc::pb;
 use crate::protocol::json::{self, DecodeLimits};
@@ -51,14 +52,18 @@ impl Prepared {
             UpstreamProtocol::Http => {
                 let encoded = json::encode_request(inputs, true, true)
                     .map_err(|e| AttemptError::Refused { status: 400, message: format!("cannot encode the request: {e}") })?;
-                let path = match version {
-                    Some(v) => format!("/v2/models/{model}/versions/{v}/infer"),
-                    None => format!("/v2/models/{model}/infer"),
-                };
-                Ok(Prepared::Http { path, body: encoded.body, header_length: encoded.json_header_length })
+                Ok(Prepared::Http { path: infer_path(model, version), body: encoded.body, header_length: encoded.json_header_length })
             }
             UpstreamProtocol::Grpc => Ok(Prepared::Grpc(grpc::encode_request(model, version, None, inputs))),
         }
+    }
+}
+
+/// The V2 HTTP inference path of a model (and version).
+pub fn infer_path(model: &str, version: Option<&str>) -> String {
+    match version {
+        Some(v) => format!("/v2/models/{model}/versions/{v}/infer"),
+        None => format!("/v2/models/{model}/infer"),
     }
 }
 
@@ -117,6 +122,23 @@ impl EndpointClient {
             }
             _ => Err(AttemptError::Refused { status: 500, message: "a request prepared for one upstream protocol was sent over the other".into() }),
         }
+    }
+
+    /// Sends a client's V2 HTTP body as it is; a 200 answer is checked to be a V2 inference answer (see
+    /// [`check_answer`]) and returned undecoded. Other answers fail as for [`EndpointClient::infer`].
+    pub async fn forward(&self, path: &str, request: &RawInfer) -> Result<RawAnswer, AttemptError> {
+        let EndpointClient::Http { connections, max_response_bytes, .. } = self else {
+            return Err(AttemptError::Refused { status: 500, message: "only HTTP upstreams forward requests as they are".into() });
+        };
+        let answer = connections.post(path, request.header_length, &request.body, *max_response_bytes).await.map_err(exchange_error)?;
+        let status = StatusCode::from_u16(answer.status).map_err(|_| AttemptError::Malformed(format!("invalid status {}", answer.status)))?;
+        if status != StatusCode::OK {
+            let retry_after = answer.retry_after.as_deref().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs);
+            let shown = &answer.body[..answer.body.len().min(MAX_ERROR_BODY)];
+            return Err(status_error(status, shown, retry_after));
+        }
+        let header_length = check_answer(&answer.body, answer.header_length.as_deref()).map_err(AttemptError::Malformed)?;
+        Ok(RawAnswer { body: answer.body, header_length })
     }
 
     /// Whether the server says it is ready (`GET /v2/health/ready` answers 200, or gRPC `ServerReady` is true).
@@ -180,6 +202,33 @@ fn exchange_error(e: ExchangeError) -> AttemptError {
         ExchangeError::Broken(message) => AttemptError::Connect { message, sent: true },
         ExchangeError::Malformed(message) => AttemptError::Malformed(message),
     }
+}
+
+/// The checks a forwarded answer passes without being decoded: its JSON header parses, has `outputs` (a list of
+/// objects), and the binary section is exactly as long as the outputs' `binary_data_size`s add up to. Datatypes,
+/// shapes and `data` are left to the client, as a plain proxy would. Returns the JSON header's length.
+fn check_answer(body: &Bytes, header_length: Option<&str>) -> Result<Option<usize>, String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        outputs: Vec<Output>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Output {
+        #[serde(default)]
+        parameters: Option<Parameters>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Parameters {
+        #[serde(default)]
+        binary_data_size: Option<u64>,
+    }
+    let (head, binary) = json::split_body(body, header_length).map_err(|e| e.to_string())?;
+    let answer: Answer = serde_json::from_slice(&head).map_err(|e| format!("not a V2 inference answer: {e}"))?;
+    let claimed: u64 = answer.outputs.iter().filter_map(|o| o.parameters.as_ref().and_then(|p| p.binary_data_size)).sum();
+    if claimed != binary.len() as u64 {
+        return Err(format!("its outputs claim {claimed} bytes of binary data, but {} follow the JSON header", binary.len()));
+    }
+    Ok(header_length.map(|_| head.len()))
 }
 
 /// Reads a whole body, refusing more than `limit` bytes.
@@ -267,5 +316,29 @@ fn grpc_error(status: &tonic::Status) -> AttemptError {
         Code::Cancelled => AttemptError::Connect { message: format!("call cancelled: {message}"), sent: true },
         Code::Internal if message.contains("decode") => AttemptError::Malformed(message),
         _ => AttemptError::Failed { status: 500, message: format!("{:?}: {message}", status.code()) },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_answer;
+    use bytes::Bytes;
+
+    #[test]
+    fn forwarded_answers_are_checked_without_decoding() {
+        let json = Bytes::from_static(br#"{"model_name":"m","outputs":[{"name":"y","datatype":"FP32","shape":[1],"data":[1.0]}]}"#);
+        assert_eq!(check_answer(&json, None), Ok(None));
+        let head = r#"{"model_name":"m","outputs":[{"name":"y","datatype":"FP32","shape":[2],"parameters":{"binary_data_size":8}}]}"#;
+        let binary = Bytes::from([head.as_bytes(), &[0u8; 8]].concat());
+        let length = head.len().to_string();
+        assert_eq!(check_answer(&binary, Some(&length)), Ok(Some(head.len())));
+        // The binary section must be exactly what the outputs claim.
+        let short = binary.slice(..binary.len() - 1);
+        assert!(check_answer(&short, Some(&length)).unwrap_err().contains("claim 8 bytes"));
+        assert!(check_answer(&binary, None).unwrap_err().contains("not a V2 inference answer"));
+        for bad in [&b"<html>no</html>"[..], br#"{"model_name":"m"}"#, br#"{"outputs":{}}"#, br#"{"outputs":[1]}"#] {
+            assert!(check_answer(&Bytes::from_static(bad), None).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        assert!(check_answer(&json, Some("9999")).is_err());
     }
 }

@@ -9,7 +9,7 @@
 mod budget;
 pub mod endpoint;
 mod error;
-pub mod h1;
+mod h1;
 pub mod pool;
 pub mod transport;
 

@@ -1178,7 +1178,17 @@ async fn a_passed_deadline_is_deadline_exceeded_and_the_request_never_runs() {
     eprintln!("grpc-timeout outcomes ((ms, code), count): {outcomes:?}");
 
     // The V2 `timeout` parameter (microseconds) has no client-side timer: always the server's DEADLINE_EXCEEDED.
-    let before = count(&server.stats("wide_slow").await["sluice"], "timed_out");
+    // A tiny request whose client timer fired first may still expire in the server's queue a moment later (and be
+    // counted then): wait until the count settles before taking the baseline.
+    let mut before = count(&server.stats("wide_slow").await["sluice"], "timed_out");
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = count(&server.stats("wide_slow").await["sluice"], "timed_out");
+        if now == before {
+            break;
+        }
+        before = now;
+    }
     for (i, choice) in [ParameterChoice::Uint64Param(1), ParameterChoice::Int64Param(1000), ParameterChoice::Uint64Param(5000)].into_iter().enumerate() {
         let request = with_param(grpc_request("wide_slow", None, &format!("timeout-{i}"), &[wide_in(1, 7)], false), "timeout", choice);
         let e = within("timeout parameter", fresh.clone().model_infer(request)).await.expect_err("the timeout passes while the instance is busy");

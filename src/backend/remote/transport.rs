@@ -3,7 +3,7 @@
 //! [`AttemptError`]; the caller bounds each call with its own timeout.
 
 use super::error::AttemptError;
-use super::h1::{Connections, ExchangeError};
+use super::h1::{Answer, Connections, ExchangeError};
 use crate::backend::{RawAnswer, RawInfer};
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::protocol::grpc::pb;
@@ -105,13 +105,7 @@ impl EndpointClient {
     pub async fn infer(&self, request: &Prepared, limits: DecodeLimits) -> Result<Vec<NamedTensor>, AttemptError> {
         match (self, request) {
             (EndpointClient::Http { connections, max_response_bytes, .. }, Prepared::Http { path, body, header_length }) => {
-                let answer = connections.post(path, *header_length, body, *max_response_bytes).await.map_err(exchange_error)?;
-                let retry_after = answer.retry_after.as_deref().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs);
-                let status = StatusCode::from_u16(answer.status).map_err(|_| AttemptError::Malformed(format!("invalid status {}", answer.status)))?;
-                if status != StatusCode::OK {
-                    let shown = &answer.body[..answer.body.len().min(MAX_ERROR_BODY)];
-                    return Err(status_error(status, shown, retry_after));
-                }
+                let answer = ok_answer(connections.post(path, *header_length, body, *max_response_bytes).await)?;
                 let (head, binary) = json::split_body(&answer.body, answer.header_length.as_deref()).map_err(|e| AttemptError::Malformed(e.to_string()))?;
                 let decoded = json::decode_response(&head, binary, limits).map_err(|e| AttemptError::Malformed(e.to_string()))?;
                 Ok(decoded.outputs)
@@ -130,13 +124,7 @@ impl EndpointClient {
         let EndpointClient::Http { connections, max_response_bytes, .. } = self else {
             return Err(AttemptError::Refused { status: 500, message: "only HTTP upstreams forward requests as they are".into() });
         };
-        let answer = connections.post(path, request.header_length, &request.body, *max_response_bytes).await.map_err(exchange_error)?;
-        let status = StatusCode::from_u16(answer.status).map_err(|_| AttemptError::Malformed(format!("invalid status {}", answer.status)))?;
-        if status != StatusCode::OK {
-            let retry_after = answer.retry_after.as_deref().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs);
-            let shown = &answer.body[..answer.body.len().min(MAX_ERROR_BODY)];
-            return Err(status_error(status, shown, retry_after));
-        }
+        let answer = ok_answer(connections.post(path, request.header_length, &request.body, *max_response_bytes).await)?;
         let header_length = check_answer(&answer.body, answer.header_length.as_deref()).map_err(AttemptError::Malformed)?;
         Ok(RawAnswer { body: answer.body, header_length })
     }
@@ -241,7 +229,22 @@ async fn read_body(body: hyper::body::Incoming, limit: usize) -> Result<Bytes, A
 }
 
 fn retry_after(value: Option<&HeaderValue>) -> Option<Duration> {
-    value.and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs)
+    value.and_then(|v| v.to_str().ok()).and_then(parse_retry_after)
+}
+
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// An inference exchange over the HTTP/1.1 client that answered 200; any other status fails as [`status_error`] says.
+fn ok_answer(exchange: Result<Answer, ExchangeError>) -> Result<Answer, AttemptError> {
+    let answer = exchange.map_err(exchange_error)?;
+    let status = StatusCode::from_u16(answer.status).map_err(|_| AttemptError::Malformed(format!("invalid status {}", answer.status)))?;
+    if status != StatusCode::OK {
+        let shown = &answer.body[..answer.body.len().min(MAX_ERROR_BODY)];
+        return Err(status_error(status, shown, answer.retry_after.as_deref().and_then(parse_retry_after)));
+    }
+    Ok(answer)
 }
 
 /// A hyper client error: a failed connect never reached the upstream; anything later may have.

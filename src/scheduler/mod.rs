@@ -163,13 +163,19 @@ impl Scheduler {
     /// that holds, and the request takes the decoded path.
     pub async fn forward(&self, request: &RawInfer) -> Option<Result<RawAnswer, ScheduleError>> {
         let direct = self.direct.as_ref().filter(|d| d.can_forward())?;
-        if self.queue.depth().0 != 0 || self.queue.is_closed() {
-            return None;
-        }
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let permit = self.inline_permit()?;
         self.load.arrived(1);
         let _in_flight = self.load.in_flight();
         Some(direct.forward_one(request.clone(), permit).await)
+    }
+
+    /// A slot to run a request in the caller's task: only when nobody waits (so queued requests keep their order)
+    /// and one of the batcher's permits is free.
+    fn inline_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if self.queue.depth().0 != 0 || self.queue.is_closed() {
+            return None;
+        }
+        self.permits.clone().try_acquire_owned().ok()
     }
 
     /// Queues one request and waits for its outputs (all of the model's outputs, in signature order).
@@ -182,13 +188,10 @@ impl Scheduler {
         }
         let level = self.priority_level(job.priority)?;
         if let Some(direct) = &self.direct {
-            // Only when nobody waits, so queued requests keep their order.
-            if self.queue.depth().0 == 0 && !self.queue.is_closed() {
-                if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-                    self.load.arrived(job.rows);
-                    let _in_flight = self.load.in_flight();
-                    return direct.run_one(job.inputs, job.rows, permit).await;
-                }
+            if let Some(permit) = self.inline_permit() {
+                self.load.arrived(job.rows);
+                let _in_flight = self.load.in_flight();
+                return direct.run_one(job.inputs, job.rows, permit).await;
             }
         }
         let timeout = job.timeout.map_or(settings.queue_timeout, |t| t.min(settings.queue_timeout));

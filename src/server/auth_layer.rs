@@ -16,9 +16,13 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The tenant whose key `headers` carry, when it may use `plane`.
+pub fn authenticate(auth: &Authenticator, headers: &HeaderMap, plane: Plane) -> Result<TenantName, crate::admission::AuthError> {
+    auth.check(credential(header(headers, "authorization"), header(headers, "x-api-key")), plane)
+}
+
 async fn admit(auth: &Authenticator, plane: Plane, mut request: Request, next: Next) -> Response {
-    let key = credential(header(request.headers(), "authorization"), header(request.headers(), "x-api-key"));
-    match auth.check(key, plane) {
+    match authenticate(auth, request.headers(), plane) {
         Ok(tenant) => {
             request.extensions_mut().insert(tenant);
             next.run(request).await
@@ -42,7 +46,8 @@ pub async fn require_admin(State(auth): State<Arc<Authenticator>>, request: Requ
 
 /// The tenant name for log lines ("-" without authentication).
 pub fn tenant_of(extensions: &axum::http::Extensions) -> Arc<str> {
-    extensions.get::<TenantName>().map_or_else(|| Arc::from("-"), |t| t.0.clone())
+    static ANONYMOUS: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("-"));
+    extensions.get::<TenantName>().map_or_else(|| ANONYMOUS.clone(), |t| t.0.clone())
 }
 
 /// A tonic interceptor for the data-plane gRPC services; admits everything when authentication is off.

@@ -567,10 +567,14 @@ struct BodyTimeout {
 #[error("the request body did not arrive within {0:?} (server.body_read_timeout)")]
 pub struct BodyTimedOut(Duration);
 
-/// A request body that must arrive within `timeout` of the first attempt to read it.
+/// A request body that must arrive within `timeout` of the first attempt to read it. The timer starts only when the
+/// body is not all there yet: most bodies come with their request head, and a timer per request costs a few percent
+/// of a forwarded request's CPU.
 struct TimedBody<B> {
     inner: B,
     timeout: Duration,
+    /// The first attempt to read.
+    started: Option<tokio::time::Instant>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     signal: BodyTimeout,
 }
@@ -594,17 +598,19 @@ where
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let timeout = this.timeout;
-        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        if sleep.is_elapsed() {
+        let deadline = *this.started.get_or_insert_with(tokio::time::Instant::now) + this.timeout;
+        if this.sleep.as_ref().is_some_and(|sleep| sleep.is_elapsed()) {
             return this.expired();
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
-            Poll::Pending => match sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => this.expired(),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => this.expired(),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -617,11 +623,26 @@ where
     }
 }
 
+/// What answers an HTTP listener's requests: an axum router, or a router with routes it dispatches itself
+/// ([`super::http::DataPlane`]). `peer` is the connection's; a router gives it to handlers as request extensions.
+pub trait HttpService: Clone + Send + Sync + 'static {
+    fn call(&self, request: Request<axum::body::Body>, peer: &PeerInfo) -> impl Future<Output = axum::response::Response> + Send;
+}
+
+impl HttpService for axum::Router {
+    fn call(&self, mut request: Request<axum::body::Body>, peer: &PeerInfo) -> impl Future<Output = axum::response::Response> + Send {
+        request.extensions_mut().insert(axum::extract::ConnectInfo(peer.remote));
+        request.extensions_mut().insert(peer.clone());
+        let oneshot = tower::ServiceExt::oneshot(self.clone(), request);
+        async move { oneshot.await.unwrap_or_else(|never| match never {}) }
+    }
+}
+
 /// Serves HTTP on `listener` with `router` until `shutdown` resolves; then stops accepting, lets open connections
 /// finish their requests (idle ones are closed at once) and returns when they are done, or when `abort` resolves.
 pub async fn serve_http(
     listener: Listener,
-    router: axum::Router,
+    router: impl HttpService,
     shutdown: impl Future<Output = ()>,
     abort: impl Future<Output = ()>,
 ) -> io::Result<()> {
@@ -655,20 +676,19 @@ pub async fn serve_http(
     }
 }
 
-async fn serve_connection(protection: &Protection, io: ServerIo, router: axum::Router, mut graceful: watch::Receiver<bool>) {
+async fn serve_connection(protection: &Protection, io: ServerIo, service: impl HttpService, mut graceful: watch::Receiver<bool>) {
     let limits = &protection.limits;
     let peer = io.peer.clone();
     let body_timeout = limits.body_read_timeout;
     let h1 = !io.h2;
     let timeouts = protection.metrics.body_timeout.clone();
-    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-        let router = router.clone();
+    let peer = Arc::new(peer);
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let (service, peer) = (service.clone(), peer.clone());
         let signal = BodyTimeout { fired: Arc::new(AtomicBool::new(false)), counter: timeouts.clone() };
-        request.extensions_mut().insert(axum::extract::ConnectInfo(peer.remote));
-        request.extensions_mut().insert(peer.clone());
-        let request = request.map(|body| TimedBody { inner: body, timeout: body_timeout, sleep: None, signal: signal.clone() });
+        let request = request.map(|body| axum::body::Body::new(TimedBody { inner: body, timeout: body_timeout, started: None, sleep: None, signal: signal.clone() }));
         async move {
-            let response = tower::ServiceExt::oneshot(router, request).await.unwrap_or_else(|never| match never {});
+            let response = service.call(request, &peer).await;
             if signal.fired.load(Ordering::Relaxed) {
                 let message = BodyTimedOut(body_timeout).to_string();
                 let mut response = ApiError::new(StatusCode::REQUEST_TIMEOUT, message).into_response();
@@ -940,7 +960,7 @@ mod tests {
     async fn a_slow_http_body_times_out() {
         let (mut tx, rx) = futures_channel();
         let signal = BodyTimeout { fired: Arc::new(AtomicBool::new(false)), counter: Counter::noop() };
-        let mut body = TimedBody { inner: rx, timeout: Duration::from_millis(50), sleep: None, signal: signal.clone() };
+        let mut body = TimedBody { inner: rx, timeout: Duration::from_millis(50), started: None, sleep: None, signal: signal.clone() };
         tx.push(Bytes::from_static(b"{"));
         body.frame().await.unwrap().unwrap();
         let err = body.frame().await.unwrap().unwrap_err();

@@ -24,6 +24,62 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
 type Shared = State<Arc<AppState>>;
 
+/// The data plane's HTTP service: inference requests go straight to their handler, everything else through the
+/// router. Inference is the hot path of a gateway: routing it by hand saves the router's matching, its path-parameter
+/// map and boxed handler future, and the per-request extension map, which together cost about as much CPU as the
+/// rest of a forwarded request's own work (docs/BENCHMARKS.md). Paths with percent-escapes, other methods and
+/// anything unusual take the router, so both give the same answers.
+#[derive(Clone)]
+pub struct DataPlane {
+    state: Arc<AppState>,
+    router: Router,
+}
+
+impl DataPlane {
+    pub fn new(state: Arc<AppState>) -> DataPlane {
+        DataPlane { router: router(state.clone()), state }
+    }
+}
+
+impl super::conn::HttpService for DataPlane {
+    fn call(&self, mut request: axum::extract::Request, peer: &super::conn::PeerInfo) -> impl std::future::Future<Output = Response> + Send {
+        use futures_util::future::{ready, Either};
+        let route = if request.method() == Method::POST { infer_route(request.uri().path()) } else { None };
+        let Some((model, version)) = route else {
+            // Boxed: the router's future is large, and a small one is cheaper for hyper to move and keep.
+            return Either::Left(Box::pin(self.router.call(request, peer)));
+        };
+        if let Some(auth) = &self.state.auth {
+            match super::auth_layer::authenticate(auth, request.headers(), crate::admission::Plane::Data) {
+                Ok(tenant) => {
+                    request.extensions_mut().insert(tenant);
+                }
+                Err(err) => {
+                    tracing::debug!(path = %request.uri().path(), error = %err, "request refused by authentication");
+                    return Either::Right(Either::Left(ready(ApiError::from(err).into_response())));
+                }
+            }
+        }
+        Either::Right(Either::Right(run_infer(self.state.clone(), model, version, request)))
+    }
+}
+
+/// The model and version of an inference path (`/v2/models/{model}[/versions/{version}]/infer`), when it has no
+/// percent-escapes (the router decodes those) and no empty segment.
+fn infer_route(path: &str) -> Option<(String, Option<String>)> {
+    let rest = path.strip_prefix("/v2/models/")?.strip_suffix("/infer")?;
+    if rest.contains('%') {
+        return None;
+    }
+    let mut segments = rest.split('/');
+    let route = match (segments.next(), segments.next(), segments.next(), segments.next()) {
+        (Some(model), None, None, None) => (model, None),
+        (Some(model), Some("versions"), Some(version), None) if !version.is_empty() => (model, Some(version.to_string())),
+        _ => return None,
+    };
+    (!route.0.is_empty()).then(|| (route.0.to_string(), route.1))
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     // Health probes stay open: kubelets and load balancers carry no keys.
     let open = Router::new().route("/v2/health/live", get(live)).route("/v2/health/ready", get(ready));
@@ -156,8 +212,9 @@ async fn run_infer(state: Arc<AppState>, model: String, version: Option<String>,
             .unwrap_or_else(|| format!("r{}", NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)))
     };
     let span = request_span(|| tracing::info_span!("infer", request_id = %request_id(), model = %model, tenant = %tenant));
+    let mut resolved = None;
     let response = async {
-        match infer_inner(&state, &model, version.as_deref(), &headers, body).await {
+        match infer_inner(&state, &model, version.as_deref(), &headers, body, &mut resolved).await {
             Ok(response) => response,
             Err(err) => {
                 let status = err.status.as_u16();
@@ -172,7 +229,11 @@ async fn run_infer(state: Arc<AppState>, model: String, version: Option<String>,
     }
     .instrument(span)
     .await;
-    state.observe_request(Protocol::Http, &model, version.as_deref(), response.status().as_u16(), started);
+    let code = response.status().as_u16();
+    match resolved {
+        Some(m) => state.observe_request_of(Protocol::Http, &m, code, started),
+        None => state.observe_request(Protocol::Http, &model, version.as_deref(), code, started),
+    }
     response
 }
 
@@ -206,8 +267,10 @@ async fn infer_inner(
     version: Option<&str>,
     headers: &HeaderMap,
     body: Body,
+    resolved: &mut Option<Arc<ModelVersion>>,
 ) -> Result<Response, ApiError> {
     let m = pipeline::serving_model(state, model, version)?;
+    *resolved = Some(m.clone());
     if let Some(encoding) = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) {
         if !encoding.eq_ignore_ascii_case("identity") {
             return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Content-Encoding '{encoding}' is not supported")));
@@ -233,11 +296,23 @@ async fn infer_inner(
             });
         }
     }
+    // Boxed, so that the future of a forwarded request (the hot path of a gateway) stays small.
+    Box::pin(infer_decoded(state, &m, headers, body, header_length)).await
+}
+
+/// The decoded path of an inference: decode, run through the pipeline (cache, scheduler), encode.
+async fn infer_decoded(
+    state: &AppState,
+    m: &Arc<ModelVersion>,
+    headers: &HeaderMap,
+    body: Bytes,
+    header_length: Option<&str>,
+) -> Result<Response, ApiError> {
     let (json, binary) = split_body(&body, header_length)?;
     let mut request = decode_request(&json, binary, state.limits)?;
     let cache_control = headers.get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok());
     let policy = pipeline::cache_policy(&request, cache_control);
-    let response = pipeline::infer(state, &m, &mut request, None, policy).await?;
+    let response = pipeline::infer(state, m, &mut request, None, policy).await?;
     let choice = EncodeChoice::for_request(&request.outputs, &request.params, &response);
     let encoded = encode_response(&response, &choice)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the response: {e}")))?;
@@ -252,10 +327,12 @@ async fn infer_inner(
 
 /// A V2 answer's content type: binary extension (with the JSON header's length) or plain JSON.
 fn set_content_type(h: &mut HeaderMap, json_header_length: Option<usize>) {
+    // A name made once: inserting by &str parses the name on every answer.
+    static HEADER_LENGTH_NAME: header::HeaderName = header::HeaderName::from_static(HEADER_LENGTH);
     match json_header_length {
         Some(n) => {
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-            h.insert(HEADER_LENGTH, HeaderValue::from(n));
+            h.insert(HEADER_LENGTH_NAME.clone(), HeaderValue::from(n));
         }
         None => {
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

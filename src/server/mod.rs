@@ -15,7 +15,7 @@ use crate::metrics::{Metrics, Protocol, UNKNOWN_MODEL};
 use crate::protocol::json::DecodeLimits;
 use crate::repository::Repository;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{watch, Notify};
 
@@ -33,8 +33,10 @@ pub struct AppState {
     draining: watch::Sender<bool>,
     /// The listeners stopped accepting (gRPC streams take no more requests); what is in flight finishes.
     shutting_down: watch::Sender<bool>,
-    /// The drain deadline passed: in-flight inferences are answered 503 / UNAVAILABLE now.
-    aborting: watch::Sender<bool>,
+    /// The drain deadline passed: in-flight inferences are answered 503 / UNAVAILABLE now. A flag and a Notify
+    /// rather than a watch: every inference waits on it, and a Notify's waiter costs a fraction of a watch receiver's.
+    aborting: AtomicBool,
+    abort: Notify,
     /// Inferences between admission and answer, on any protocol.
     in_flight: AtomicUsize,
     idle: Notify,
@@ -51,7 +53,8 @@ impl AppState {
             auth: None,
             draining: watch::Sender::new(false),
             shutting_down: watch::Sender::new(false),
-            aborting: watch::Sender::new(false),
+            aborting: AtomicBool::new(false),
+            abort: Notify::new(),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
         }
@@ -78,7 +81,7 @@ impl AppState {
     /// arrives on an open keep-alive connection was sent before the client could know, and is served like the rest
     /// (the connection is closed after its answer).
     pub fn is_admitting(&self) -> bool {
-        !*self.aborting.borrow()
+        !self.aborting.load(Ordering::Acquire)
     }
 
     /// The first step of a graceful stop: readiness turns false at once (HTTP and gRPC health), while requests and
@@ -103,13 +106,18 @@ impl AppState {
     /// still be running; their answers are dropped), so no accepted request ends in silence.
     pub fn abort_in_flight(&self) {
         self.begin_shutdown();
-        self.aborting.send_replace(true);
+        self.aborting.store(true, Ordering::Release);
+        self.abort.notify_waiters();
     }
 
     /// Resolves once [`AppState::abort_in_flight`] was called.
     pub async fn aborted(&self) {
-        let mut rx = self.aborting.subscribe();
-        let _ = rx.wait_for(|aborted| *aborted).await;
+        // Made before the flag is read, the Notified also receives a notify_waiters() that comes in between.
+        let notified = self.abort.notified();
+        if self.aborting.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 
     /// Resolves once shutdown has begun.
@@ -129,6 +137,13 @@ impl AppState {
             Ok(m) => m.request_metrics.record(protocol, code, elapsed),
             Err(_) if self.repository.get(model, None).is_ok() => self.metrics.request(protocol, model, "", code, elapsed),
             Err(_) => self.metrics.request(protocol, UNKNOWN_MODEL, "", code, elapsed),
+        }
+    }
+
+    /// [`AppState::observe_request`] for a request that resolved to `m` (no second look-up).
+    pub fn observe_request_of(&self, protocol: Protocol, m: &crate::repository::ModelVersion, code: u16, started: std::time::Instant) {
+        if self.metrics.is_enabled() {
+            m.request_metrics.record(protocol, code, started.elapsed());
         }
     }
 
@@ -188,7 +203,7 @@ impl HttpServer {
     /// drain deadline ([`AppState::abort_in_flight`]) it returns after [`ABORT_FLUSH`] whatever connections remain.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let state = self.state.clone();
-        let router = http::router(self.state);
+        let service = http::DataPlane::new(self.state);
         // Our own accept loop (conn.rs): TLS, the connection limit, header and body timeouts; TCP_NODELAY so small V2
         // responses do not wait for Nagle's algorithm.
         let listener = conn::Listener::new(self.listener, self.protection, tls::Alpn::Http);
@@ -197,7 +212,7 @@ impl HttpServer {
             shutdown.await;
             close_state.begin_shutdown();
         };
-        conn::serve_http(listener, router, closing, abort_flushed(&state)).await
+        conn::serve_http(listener, service, closing, abort_flushed(&state)).await
     }
 }
 

@@ -132,14 +132,20 @@ impl Connections {
 }
 
 fn request_head(path: &str, host: &str, header_length: Option<usize>, body_length: usize) -> Vec<u8> {
-    use std::io::Write;
+    // Assembled by hand: `write!` costs a few times more, and this runs for every forwarded request.
+    let mut numbers = itoa::Buffer::new();
     let mut head = Vec::with_capacity(160 + path.len() + host.len());
-    // Writing into a Vec cannot fail.
     // A body with the binary extension is not JSON as a whole.
-    let content_type = if header_length.is_some() { "application/octet-stream" } else { "application/json" };
-    let _ = write!(head, "POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: {content_type}\r\ncontent-length: {body_length}\r\n");
+    let content_type: &[u8] = if header_length.is_some() { b"application/octet-stream" } else { b"application/json" };
+    for part in [b"POST ", path.as_bytes(), b" HTTP/1.1\r\nhost: ", host.as_bytes(), b"\r\ncontent-type: ", content_type, b"\r\ncontent-length: "] {
+        head.extend_from_slice(part);
+    }
+    head.extend_from_slice(numbers.format(body_length).as_bytes());
+    head.extend_from_slice(b"\r\n");
     if let Some(n) = header_length {
-        let _ = write!(head, "inference-header-content-length: {n}\r\n");
+        head.extend_from_slice(b"inference-header-content-length: ");
+        head.extend_from_slice(numbers.format(n).as_bytes());
+        head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
     head

@@ -27,6 +27,8 @@ pub struct RemoteModelSpec {
     pub signature: ModelSignature,
     /// Running a request twice is harmless, so attempts that may have reached an upstream can be retried.
     pub idempotent: bool,
+    /// The V2 HTTP inference path of `name` and `version`, made once (forwarded requests use it as it is).
+    pub infer_path: String,
 }
 
 impl RemoteModelSpec {
@@ -183,7 +185,8 @@ impl Pool {
                 Err(_) => return Err(PoolError::Setup { pool: self.name.clone(), message: format!("model '{model}' version {v}: no metadata answer") }),
             }
         }
-        let spec = Arc::new(RemoteModelSpec { name: model.into(), version, signature: reference.signature, idempotent });
+        let infer_path = transport::infer_path(model, version.as_deref());
+        let spec = Arc::new(RemoteModelSpec { name: model.into(), version, signature: reference.signature, idempotent, infer_path });
         self.models.write().push(spec.clone());
         Ok(spec)
     }
@@ -235,8 +238,7 @@ impl Pool {
     /// Sends a client's V2 HTTP body to an endpoint as it is, with the same balancing, retries and ejection as
     /// [`Pool::infer`]; the answer comes back checked to be a V2 answer, not decoded.
     pub async fn forward(&self, model: &RemoteModelSpec, request: RawInfer) -> Result<RawAnswer, UpstreamError> {
-        let path = transport::infer_path(&model.name, model.version.as_deref());
-        let (path, request) = (&path, &request);
+        let (path, request) = (model.infer_path.as_str(), &request);
         self.attempts(model, |endpoint| async move { endpoint.client.forward(path, request).await }).await
     }
 

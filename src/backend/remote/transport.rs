@@ -9,7 +9,7 @@ use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::protocol::grpc::pb;
 use crate::protocol::json::{self, DecodeLimits};
 use crate::protocol::model_metadata::{self, RemoteMetadata};
-use crate::protocol::{grpc, NamedTensor};
+use crate::protocol::{answer_scan, grpc, NamedTensor};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, RETRY_AFTER};
@@ -211,8 +211,14 @@ fn check_answer(body: &Bytes, header_length: Option<&str>) -> Result<Option<usiz
         binary_data_size: Option<u64>,
     }
     let (head, binary) = json::split_body(body, header_length).map_err(|e| e.to_string())?;
-    let answer: Answer = serde_json::from_slice(&head).map_err(|e| format!("not a V2 inference answer: {e}"))?;
-    let claimed: u64 = answer.outputs.iter().filter_map(|o| o.parameters.as_ref().and_then(|p| p.binary_data_size)).sum();
+    let claimed = match answer_scan::claimed_binary_bytes(&head) {
+        Some(claimed) => claimed,
+        None => {
+            let answer: Answer = serde_json::from_slice(&head).map_err(|e| format!("not a V2 inference answer: {e}"))?;
+            let mut sizes = answer.outputs.iter().filter_map(|o| o.parameters.as_ref().and_then(|p| p.binary_data_size));
+            sizes.try_fold(0u64, u64::checked_add).ok_or("its outputs' binary_data_size add up to more than 2^64 bytes")?
+        }
+    };
     if claimed != binary.len() as u64 {
         return Err(format!("its outputs claim {claimed} bytes of binary data, but {} follow the JSON header", binary.len()));
     }

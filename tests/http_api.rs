@@ -443,8 +443,20 @@ async fn unknown_routes_and_wrong_methods() {
         assert!(r.error().contains("not allowed"), "{method} {path}: {}", r.error());
         assert!(r.error().contains(method.as_str()), "{method} {path}: {}", r.error());
     }
+    // Inference paths are routed by hand (server::http::DataPlane) unless they hold something only the router
+    // handles: percent-escapes are decoded as the router does, odd shapes get the router's answers.
+    let request = json!({"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": vec![1.0f32; 256]}]});
+    for path in ["/v2/models/identit%79/infer", "/v2/models/identity/versions/%31/infer", "/v2/models/identity/infer?x=1"] {
+        let r = server.post_json(path, &request).await;
+        ok(&r, path);
+        assert_eq!(r.json()["model_name"], "identity", "{path}");
+    }
+    for path in ["/v2/models//infer", "/v2/models/identity/infer/", "/v2/models/identity/infer/extra", "/v2/models/identity/versions/1/2/infer"] {
+        let r = server.post_json(path, &request).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {}", r.error());
+    }
     // Still serving.
-    let r = server.infer("identity", &json!({"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": vec![1.0f32; 256]}]})).await;
+    let r = server.infer("identity", &request).await;
     ok(&r, "identity");
     server.shutdown().await;
 }

@@ -7,6 +7,28 @@
 //! is not an object, sizes that are not plain integers, malformed JSON), and the caller then runs serde, which accepts
 //! or refuses with its precise message. So `Some(n)` is only ever returned where serde would have found the same `n`.
 
+/// The same sum by serde: the fallback for what [`claimed_binary_bytes`] leaves, with serde's precise error for a
+/// header that is not a V2 answer (and the reference the scanner is tested against).
+pub fn claimed_binary_bytes_by_serde(head: &[u8]) -> Result<u64, String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        outputs: Vec<Output>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Output {
+        #[serde(default)]
+        parameters: Option<Parameters>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Parameters {
+        #[serde(default)]
+        binary_data_size: Option<u64>,
+    }
+    let answer: Answer = serde_json::from_slice(head).map_err(|e| format!("not a V2 inference answer: {e}"))?;
+    let mut sizes = answer.outputs.iter().filter_map(|o| o.parameters.as_ref().and_then(|p| p.binary_data_size));
+    sizes.try_fold(0u64, u64::checked_add).ok_or_else(|| "its outputs' binary_data_size add up to more than 2^64 bytes".to_string())
+}
+
 /// serde_json's nesting limit: deeper headers go to serde (which refuses them).
 const MAX_DEPTH: usize = 128;
 
@@ -207,24 +229,9 @@ impl Scanner<'_> {
 mod tests {
     use super::claimed_binary_bytes;
 
-    /// What serde (the reference) finds: the sum of the sizes, or an error.
+    /// What serde (the reference) finds: the sum of the sizes, or nothing for an error.
     fn serde_sum(head: &[u8]) -> Option<u64> {
-        #[derive(serde::Deserialize)]
-        struct Answer {
-            outputs: Vec<Output>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Output {
-            #[serde(default)]
-            parameters: Option<Parameters>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Parameters {
-            #[serde(default)]
-            binary_data_size: Option<u64>,
-        }
-        let answer: Answer = serde_json::from_slice(head).ok()?;
-        answer.outputs.iter().filter_map(|o| o.parameters.as_ref().and_then(|p| p.binary_data_size)).try_fold(0u64, |a, b| a.checked_add(b))
+        super::claimed_binary_bytes_by_serde(head).ok()
     }
 
     const SEEDS: &[&str] = &[

@@ -196,28 +196,10 @@ fn exchange_error(e: ExchangeError) -> AttemptError {
 /// objects), and the binary section is exactly as long as the outputs' `binary_data_size`s add up to. Datatypes,
 /// shapes and `data` are left to the client, as a plain proxy would. Returns the JSON header's length.
 fn check_answer(body: &Bytes, header_length: Option<&str>) -> Result<Option<usize>, String> {
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        outputs: Vec<Output>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Output {
-        #[serde(default)]
-        parameters: Option<Parameters>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Parameters {
-        #[serde(default)]
-        binary_data_size: Option<u64>,
-    }
     let (head, binary) = json::split_body(body, header_length).map_err(|e| e.to_string())?;
     let claimed = match answer_scan::claimed_binary_bytes(&head) {
         Some(claimed) => claimed,
-        None => {
-            let answer: Answer = serde_json::from_slice(&head).map_err(|e| format!("not a V2 inference answer: {e}"))?;
-            let mut sizes = answer.outputs.iter().filter_map(|o| o.parameters.as_ref().and_then(|p| p.binary_data_size));
-            sizes.try_fold(0u64, u64::checked_add).ok_or("its outputs' binary_data_size add up to more than 2^64 bytes")?
-        }
+        None => answer_scan::claimed_binary_bytes_by_serde(&head)?,
     };
     if claimed != binary.len() as u64 {
         return Err(format!("its outputs claim {claimed} bytes of binary data, but {} follow the JSON header", binary.len()));

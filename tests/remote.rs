@@ -346,6 +346,7 @@ async fn killed_worker_scenario(protocol: UpstreamProtocol, seconds: u64) {
     let ejected_after = ejected_after.expect("the killed worker was not taken out of rotation within 5 s");
     // Two failed attempts (at once, under load) or two failed checks 100 ms apart; 1 s leaves room for a busy machine.
     assert!(ejected_after < Duration::from_secs(1), "ejected {ejected_after:?} after the kill");
+    // Counted whichever way it went out: passive ejection (failed attempts) or the active checks, whichever came first.
     assert!(ejections >= 1.0, "no ejection counted for {victim}");
     let back_after = back_after.expect("the restarted worker did not come back within 5 s");
     assert!(
@@ -406,6 +407,7 @@ async fn a_hanging_worker_is_timed_out_and_ejected_and_the_gateway_stays_respons
     // checks hang too, and two missed checks 100 ms apart make it unhealthy).
     assert!(metric(&text, "sluice_upstream_requests_total", &[("endpoint", &hanging_label), ("outcome", "timeout")]) >= 1.0, "{text}");
     assert_eq!(metric(&text, "sluice_upstream_available", &[("endpoint", &hanging_label)]), 0.0, "{text}");
+    assert!(metric(&text, "sluice_upstream_ejections_total", &[("endpoint", &hanging_label)]) >= 1.0, "{text}");
     // After the ejection the hanging worker got (almost) nothing: at most a probe per ejection expiry.
     assert!(hanging.infers() <= 6, "the hanging worker still got {} requests", hanging.infers());
 }

@@ -102,7 +102,7 @@ pub const ALL: &[MetricDef] = &[
     def(UPSTREAM_DURATION, Kind::Histogram, "Time of one attempt to an upstream endpoint, answered or not, by pool and endpoint, in seconds."),
     def(UPSTREAM_OUTSTANDING, Kind::Gauge, "Attempts in flight to an upstream endpoint."),
     def(UPSTREAM_AVAILABLE, Kind::Gauge, "1 when an upstream endpoint takes traffic (healthy, not ejected, metadata agrees), else 0."),
-    def(UPSTREAM_EJECTIONS, Kind::Counter, "Times an upstream endpoint was taken out of rotation after failures in a row (passive outlier ejection)."),
+    def(UPSTREAM_EJECTIONS, Kind::Counter, "Times an upstream endpoint was taken out of rotation: after failed requests in a row (reason failures, passive outlier ejection) or failed active health checks (reason health_check)."),
     def(UPSTREAM_RETRIES, Kind::Counter, "Retries of requests to a pool, by result: sent (to another endpoint), budget_exhausted (not sent: the retry budget was spent), deadline (not sent: no time left)."),
     def(AUTH_REJECTED, Kind::Counter, "Requests refused by authentication, by reason: missing (no key, 401), invalid (unknown key, 401), forbidden (key without the route's scope, 403), rate_limited (the tenant's rate limit, 429; with a tenant label)."),
     def(TENANT_REQUESTS, Kind::Counter, "Requests admitted per authenticated tenant and plane (data, admin)."),
@@ -127,6 +127,14 @@ pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// docs/METRICS.md says it mirrors this list: every metric has a row there.
+    #[test]
+    fn every_metric_is_documented() {
+        let doc = include_str!("../../docs/METRICS.md");
+        let missing: Vec<&str> = ALL.iter().map(|m| m.name).filter(|name| !doc.contains(&format!("| `{name}` |"))).collect();
+        assert!(missing.is_empty(), "not in docs/METRICS.md: {missing:?}");
+    }
 
     #[test]
     fn names_follow_prometheus_conventions() {

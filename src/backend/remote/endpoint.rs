@@ -27,7 +27,10 @@ struct EndpointMetrics {
     duration: Histogram,
     outstanding: Gauge,
     available: Gauge,
-    ejections: Counter,
+    /// Out of rotation after failed attempts in a row (`reason="failures"`, passive outlier ejection).
+    ejected_by_failures: Counter,
+    /// Out of rotation after failed active health checks (`reason="health_check"`).
+    ejected_by_health_checks: Counter,
 }
 
 /// What the active checks and the passive ejection know about an endpoint.
@@ -91,7 +94,8 @@ impl Endpoint {
             duration: metrics.histogram(catalogue::UPSTREAM_DURATION, &labels),
             outstanding: metrics.gauge(catalogue::UPSTREAM_OUTSTANDING, &labels),
             available: metrics.gauge(catalogue::UPSTREAM_AVAILABLE, &labels),
-            ejections: metrics.counter(catalogue::UPSTREAM_EJECTIONS, &labels),
+            ejected_by_failures: metrics.counter(catalogue::UPSTREAM_EJECTIONS, &[labels[0], labels[1], ("reason", "failures")]),
+            ejected_by_health_checks: metrics.counter(catalogue::UPSTREAM_EJECTIONS, &[labels[0], labels[1], ("reason", "health_check")]),
         };
         endpoint_metrics.available.set(0.0);
         Endpoint {
@@ -203,7 +207,7 @@ impl Endpoint {
         h.ejections += 1;
         h.attempt_failures = 0;
         drop(h);
-        self.metrics.ejections.increment(1);
+        self.metrics.ejected_by_failures.increment(1);
         self.metrics.available.set(0.0);
         tracing::warn!(endpoint = %self.address, ejected_for = ?time, "upstream endpoint ejected after failures in a row");
         true
@@ -226,6 +230,7 @@ impl Endpoint {
                 h.healthy = false;
                 // It may come back as another server (a restart, a reused pod IP): check its metadata again then.
                 h.verified = false;
+                self.metrics.ejected_by_health_checks.increment(1);
                 tracing::warn!(endpoint = %self.address, "upstream endpoint failed its health checks");
             }
         }
@@ -363,6 +368,38 @@ mod tests {
         assert!(!e.is_available(Instant::now()), "healthy but not yet verified");
         e.verify(Ok(()));
         assert!(e.is_available(Instant::now()));
+    }
+
+    /// Both ways out of rotation are counted, each under its own reason.
+    #[test]
+    fn ejections_are_counted_by_reason() {
+        let metrics = Metrics::new(true);
+        let config = UpstreamConfig::default();
+        let http = super::super::transport::http_client(&config);
+        let client = EndpointClient::new(&config, "127.0.0.1:9", &http, 1 << 20).expect("client");
+        let e = Endpoint::new("p", "127.0.0.1:9".into(), client, 2, &metrics);
+        e.verify(Ok(()));
+        let ejection = EjectionConfig { consecutive_failures: 2, base_time: Duration::from_secs(10), max_time: Duration::from_secs(10) };
+        assert!(!fail(&e, &ejection));
+        assert!(fail(&e, &ejection));
+        let health = HealthCheckConfig { unhealthy_threshold: 2, ..HealthCheckConfig::default() };
+        e.checked(false, &health);
+        e.checked(false, &health);
+        e.checked(false, &health);
+        let snapshot = crate::scaling::ScalingSnapshot {
+            timestamp: std::time::SystemTime::now(),
+            target_utilization: 0.7,
+            desired_replicas: 0.0,
+            active: false,
+            models: Default::default(),
+        };
+        let text = metrics.render(&snapshot).expect("metrics are enabled");
+        let count = |reason: &str| {
+            let series = format!("{}{{pool=\"p\",endpoint=\"127.0.0.1:9\",reason=\"{reason}\"}} ", catalogue::UPSTREAM_EJECTIONS);
+            text.lines().find_map(|l| l.strip_prefix(series.as_str())).map(str::to_owned)
+        };
+        assert_eq!(count("failures").as_deref(), Some("1"), "{text}");
+        assert_eq!(count("health_check").as_deref(), Some("1"), "one ejection however many checks fail after it: {text}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes Sluice's wire decoders with cargo-fuzz (libFuzzer + AddressSanitizer): each target in fuzz/fuzz_targets/ runs
-# for SECONDS (default 20; CI runs 10 through scripts/test.sh). Exits non-zero when any target found a crash, panic,
+# for SECONDS (default 20; CI runs 10, without AddressSanitizer, through scripts/test.sh). Exits non-zero when any target found a crash, panic,
 # sanitizer error, leak, over-allocation or slow input, and prints the input that caused it
 # (fuzz/artifacts/<target>/...). 0 seconds skips fuzzing.
 #

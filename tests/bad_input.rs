@@ -1,9 +1,8 @@
 //! A battery of malformed or unacceptable requests against the real server. Each must get its exact status and an
 //! `{"error": ...}` body whose message names the problem; afterwards the server still serves good requests.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use hyper::StatusCode;
 use serde_json::{json, Value};
 

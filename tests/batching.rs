@@ -1,9 +1,8 @@
 //! Dynamic batching, backpressure and timeouts against the real server and real ONNX Runtime sessions.
 //! Behaviour is proven by counts, statuses and equality with single-request references, never by timing.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use hyper::StatusCode;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -4,9 +4,8 @@
 //! waiter, each waiter keeps its own deadline, a leaving leader does not cancel the others, versions never share
 //! entries, and bad cache settings stop the start with a message naming the key.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use hyper::StatusCode;
 use serde_json::{json, Value};
 use sluice::config::Config;

@@ -2,10 +2,9 @@
 //! new connections) are still served for the pre-stop delay; then the listeners close, what was accepted is answered,
 //! and the process exits within its deadline. No accepted request fails.
 
-mod common;
 
 use bytes::Bytes;
-use common::*;
+use crate::common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use serde_json::json;

@@ -4,10 +4,9 @@
 //! names the problem; a full queue answers RESOURCE_EXHAUSTED and a passed deadline DEADLINE_EXCEEDED; ModelStreamInfer
 //! answers every request by id; gRPC health follows the models and the server's shutdown.
 
-mod common;
 
 use bytes::Bytes;
-use common::*;
+use crate::common::*;
 use pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use pb::infer_parameter::ParameterChoice;
 use pb::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};

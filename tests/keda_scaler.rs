@@ -3,9 +3,8 @@
 //! `StreamMetricSpec`, health on the scaler listener, StreamIsActive pushing false → true → false around one request,
 //! and open streams (StreamIsActive and a health Watch) ending when the server shuts down instead of holding it.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use sluice::scaling::keda::pb::external_scaler_client::ExternalScalerClient;
 use sluice::scaling::keda::pb::{GetMetricSpecResponse, GetMetricsRequest, ScaledObjectRef};

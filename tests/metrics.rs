@@ -2,9 +2,8 @@
 //! every catalogued family with help text, histograms with buckets and the process readings; `/scaling` follows load;
 //! turning metrics off removes `/metrics` but keeps the scaling signal.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use hyper::StatusCode;
 use serde_json::{json, Value};
 use sluice::config::Config;

@@ -11,9 +11,8 @@ use sluice::metrics::{catalogue, Metrics};
 use sluice::protocol::NamedTensor;
 use sluice::scaling::ScalingSnapshot;
 use sluice::tensor::{DataType, Tensor};
-mod common;
 
-use common::redis_server::RedisServer;
+use crate::common::redis_server::RedisServer;
 use std::future::Future;
 use std::time::{Duration, Instant};
 

@@ -3,10 +3,9 @@
 //! the admin port, unloads that let running requests finish, and remote models that reloads leave alone.
 //! Every loop is bounded in count and time.
 
-mod common;
 
 use bytes::Bytes;
-use common::*;
+use crate::common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Value};

@@ -3,10 +3,9 @@
 //! small test proxies that forward to a real worker but can be switched to hang, to answer garbage, to answer 429 or
 //! to add latency. Every request loop is bounded in count and time.
 
-mod common;
 
 use bytes::Bytes;
-use common::*;
+use crate::common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};

@@ -4,10 +4,9 @@
 //! connection limit closes connections over it at once; gRPC prefaces, stalled gRPC messages and concurrent streams
 //! are bounded too. Nothing here hangs: every wait has a deadline.
 
-mod common;
 
 use bytes::Bytes;
-use common::*;
+use crate::common::*;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::{Request, StatusCode};

@@ -4,10 +4,9 @@
 //! files are picked up by new connections without a restart, and a broken replacement keeps the previous certificate;
 //! bad files stop the start with a message naming the key.
 
-mod common;
 
 use bytes::Bytes;
-use common::*;
+use crate::common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};

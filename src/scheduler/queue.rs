@@ -19,8 +19,18 @@ const QUEUED: u8 = 0;
 const TAKEN: u8 = 1;
 const WITHDRAWN: u8 = 2;
 
-/// How long before a queued request's deadline the batcher stops waiting for a fuller batch and dispatches it.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
+/// How long before a queued request's deadline the batcher stops waiting for a fuller batch and dispatches it: a tenth
+/// of the request's time budget, within these bounds. A fixed 2 ms was too little on a busy machine, where the batcher's
+/// timer can wake a few milliseconds late and the request's own timeout then fires first (a 504 for a request an idle
+/// instance could have run); a tenth keeps long deadlines from cutting batches short by more than 20 ms.
+const MIN_DEADLINE_MARGIN: Duration = Duration::from_millis(2);
+const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(20);
+
+/// When the batcher dispatches `e` at the latest rather than wait for company (see [`MIN_DEADLINE_MARGIN`]).
+fn dispatch_by(e: &Entry) -> Instant {
+    let margin = (e.deadline.saturating_duration_since(e.enqueued) / 10).clamp(MIN_DEADLINE_MARGIN, MAX_DEADLINE_MARGIN);
+    e.deadline.checked_sub(margin).unwrap_or(e.enqueued)
+}
 
 /// Shared between a queued entry and the caller waiting for it.
 #[derive(Clone, Default)]
@@ -210,10 +220,10 @@ impl Queue {
         // Rows available for a batch shaped like the head, taken in priority order, never splitting a request.
         let mut available = 0usize;
         let mut oldest = head.enqueued;
-        let mut earliest_deadline = head.deadline;
+        let mut dispatch_before = dispatch_by(head);
         for e in levels.iter().flat_map(|l| l.iter()).filter(|e| live(e)) {
             oldest = oldest.min(e.enqueued);
-            earliest_deadline = earliest_deadline.min(e.deadline);
+            dispatch_before = dispatch_before.min(dispatch_by(e));
             if fits(e) && available + e.rows <= s.max_batch_size {
                 available += e.rows;
             }
@@ -222,7 +232,7 @@ impl Queue {
         let full = available >= s.max_batch_size;
         if !full && preferred.is_none() && !s.max_queue_delay.is_zero() && !self.is_closed() {
             // Waiting for a fuller batch must never make a request miss its deadline: stop a little before the earliest.
-            let until = (oldest + s.max_queue_delay).min(earliest_deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(now));
+            let until = (oldest + s.max_queue_delay).min(dispatch_before);
             if now < until {
                 return Formed::WaitUntil(until);
             }

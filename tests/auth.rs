@@ -2,7 +2,6 @@
 //! and the admin port; data keys refused on the admin port and admin keys on the data ports; per-tenant rate limits
 //! (429 + Retry-After); health probes open; the tenant counted in metrics; a public admin address refused at start.
 
-
 use crate::common::*;
 use hyper::StatusCode;
 use serde_json::json;

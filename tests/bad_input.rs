@@ -1,7 +1,6 @@
 //! A battery of malformed or unacceptable requests against the real server. Each must get its exact status and an
 //! `{"error": ...}` body whose message names the problem; afterwards the server still serves good requests.
 
-
 use crate::common::*;
 use hyper::StatusCode;
 use serde_json::{json, Value};

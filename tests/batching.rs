@@ -1,7 +1,6 @@
 //! Dynamic batching, backpressure and timeouts against the real server and real ONNX Runtime sessions.
 //! Behaviour is proven by counts, statuses and equality with single-request references, never by timing.
 
-
 use crate::common::*;
 use hyper::StatusCode;
 use rand::rngs::StdRng;

@@ -4,7 +4,6 @@
 //! waiter, each waiter keeps its own deadline, a leaving leader does not cancel the others, versions never share
 //! entries, and bad cache settings stop the start with a message naming the key.
 
-
 use crate::common::*;
 use hyper::StatusCode;
 use serde_json::{json, Value};

@@ -2,7 +2,6 @@
 //! `redis-server` share a hit; Redis killed in the middle of a load → every request still answered 200 (fail-open)
 //! and the failures counted; Redis back on the same port → sharing resumes on its own.
 
-
 use crate::common::redis_server::RedisServer;
 use crate::common::*;
 use hyper::StatusCode;

@@ -2,7 +2,6 @@
 //! new connections) are still served for the pre-stop delay; then the listeners close, what was accepted is answered,
 //! and the process exits within its deadline. No accepted request fails.
 
-
 use bytes::Bytes;
 use crate::common::*;
 use http_body_util::{BodyExt, Full};

@@ -4,7 +4,6 @@
 //! names the problem; a full queue answers RESOURCE_EXHAUSTED and a passed deadline DEADLINE_EXCEEDED; ModelStreamInfer
 //! answers every request by id; gRPC health follows the models and the server's shutdown.
 
-
 use bytes::Bytes;
 use crate::common::*;
 use pb::grpc_inference_service_client::GrpcInferenceServiceClient;

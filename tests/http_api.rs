@@ -1,7 +1,6 @@
 //! The KServe V2 HTTP API end to end against the real server: every endpoint, every demo model, every datatype in JSON and
 //! in the binary extension, version routing, output selection, id echo, binary response framing, 404/405 bodies.
 
-
 use crate::common::*;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};

@@ -3,7 +3,6 @@
 //! `StreamMetricSpec`, health on the scaler listener, StreamIsActive pushing false → true → false around one request,
 //! and open streams (StreamIsActive and a health Watch) ending when the server shuts down instead of holding it.
 
-
 use crate::common::*;
 use serde_json::json;
 use sluice::scaling::keda::pb::external_scaler_client::ExternalScalerClient;

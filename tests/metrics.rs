@@ -2,7 +2,6 @@
 //! every catalogued family with help text, histograms with buckets and the process readings; `/scaling` follows load;
 //! turning metrics off removes `/metrics` but keeps the scaling signal.
 
-
 use crate::common::*;
 use hyper::StatusCode;
 use serde_json::{json, Value};

@@ -3,7 +3,6 @@
 //! the admin port, unloads that let running requests finish, and remote models that reloads leave alone.
 //! Every loop is bounded in count and time.
 
-
 use bytes::Bytes;
 use crate::common::*;
 use http_body_util::{BodyExt, Full};

@@ -3,7 +3,6 @@
 //! small test proxies that forward to a real worker but can be switched to hang, to answer garbage, to answer 429 or
 //! to add latency. Every request loop is bounded in count and time.
 
-
 use bytes::Bytes;
 use crate::common::*;
 use http_body_util::{BodyExt, Full};

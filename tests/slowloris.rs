@@ -4,7 +4,6 @@
 //! connection limit closes connections over it at once; gRPC prefaces, stalled gRPC messages and concurrent streams
 //! are bounded too. Nothing here hangs: every wait has a deadline.
 
-
 use bytes::Bytes;
 use crate::common::*;
 use http_body_util::{BodyExt, Full, StreamBody};

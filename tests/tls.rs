@@ -4,7 +4,6 @@
 //! files are picked up by new connections without a restart, and a broken replacement keeps the previous certificate;
 //! bad files stop the start with a message naming the key.
 
-
 use bytes::Bytes;
 use crate::common::*;
 use http_body_util::{BodyExt, Full};

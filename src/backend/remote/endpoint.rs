@@ -278,11 +278,16 @@ mod tests {
     use super::*;
     use crate::config::UpstreamConfig;
 
-    fn endpoint() -> Endpoint {
+    /// An endpoint of pool `p` at 127.0.0.1:9 whose metadata has not been checked yet, recording into `metrics`.
+    fn unverified_endpoint(metrics: &Metrics) -> Endpoint {
         let config = UpstreamConfig::default();
         let http = super::super::transport::http_client(&config);
         let client = EndpointClient::new(&config, "127.0.0.1:9", &http, 1 << 20).expect("client");
-        let e = Endpoint::new("p", "127.0.0.1:9".into(), client, 2, &Metrics::new(false));
+        Endpoint::new("p", "127.0.0.1:9".into(), client, 2, metrics)
+    }
+
+    fn endpoint() -> Endpoint {
+        let e = unverified_endpoint(&Metrics::new(false));
         e.verify(Ok(()));
         e
     }
@@ -374,10 +379,7 @@ mod tests {
     #[test]
     fn ejections_are_counted_by_reason() {
         let metrics = Metrics::new(true);
-        let config = UpstreamConfig::default();
-        let http = super::super::transport::http_client(&config);
-        let client = EndpointClient::new(&config, "127.0.0.1:9", &http, 1 << 20).expect("client");
-        let e = Endpoint::new("p", "127.0.0.1:9".into(), client, 2, &metrics);
+        let e = unverified_endpoint(&metrics);
         e.verify(Ok(()));
         let ejection = EjectionConfig { consecutive_failures: 2, base_time: Duration::from_secs(10), max_time: Duration::from_secs(10) };
         assert!(!fail(&e, &ejection));
@@ -386,14 +388,7 @@ mod tests {
         e.checked(false, &health);
         e.checked(false, &health);
         e.checked(false, &health);
-        let snapshot = crate::scaling::ScalingSnapshot {
-            timestamp: std::time::SystemTime::now(),
-            target_utilization: 0.7,
-            desired_replicas: 0.0,
-            active: false,
-            models: Default::default(),
-        };
-        let text = metrics.render(&snapshot).expect("metrics are enabled");
+        let text = metrics.render(&crate::scaling::ScalingSnapshot::empty(0.7)).expect("metrics are enabled");
         let count = |reason: &str| {
             let series = format!("{}{{pool=\"p\",endpoint=\"127.0.0.1:9\",reason=\"{reason}\"}} ", catalogue::UPSTREAM_EJECTIONS);
             text.lines().find_map(|l| l.strip_prefix(series.as_str())).map(str::to_owned)
@@ -404,10 +399,7 @@ mod tests {
 
     #[test]
     fn unverified_or_mismatched_endpoints_take_no_traffic() {
-        let config = UpstreamConfig::default();
-        let http = super::super::transport::http_client(&config);
-        let client = EndpointClient::new(&config, "127.0.0.1:9", &http, 1 << 20).expect("client");
-        let e = Endpoint::new("p", "127.0.0.1:9".into(), client, 2, &Metrics::new(false));
+        let e = unverified_endpoint(&Metrics::new(false));
         assert!(!e.is_available(Instant::now()) && !e.is_usable());
         e.verify(Err("input 'x' differs".into()));
         assert!(!e.is_available(Instant::now()) && !e.is_usable() && e.is_mismatched());

@@ -8,6 +8,7 @@ pub mod grpc_listener;
 pub mod http;
 pub(crate) mod metadata;
 pub mod pipeline;
+pub mod latch;
 pub mod tls;
 pub mod repository_api;
 
@@ -15,7 +16,7 @@ use crate::metrics::{Metrics, Protocol, UNKNOWN_MODEL};
 use crate::protocol::json::DecodeLimits;
 use crate::repository::Repository;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{watch, Notify};
 
@@ -33,10 +34,9 @@ pub struct AppState {
     draining: watch::Sender<bool>,
     /// The listeners stopped accepting (gRPC streams take no more requests); what is in flight finishes.
     shutting_down: watch::Sender<bool>,
-    /// The drain deadline passed: in-flight inferences are answered 503 / UNAVAILABLE now. A flag and a Notify
-    /// rather than a watch: every inference waits on it, and a Notify's waiter costs a fraction of a watch receiver's.
-    aborting: AtomicBool,
-    abort: Notify,
+    /// The drain deadline passed: in-flight inferences are answered 503 / UNAVAILABLE now. A latch rather than a
+    /// watch: every inference waits on it, and a latch's waiter costs a fraction of a watch receiver's.
+    aborting: latch::Latch,
     /// Inferences between admission and answer, on any protocol.
     in_flight: AtomicUsize,
     idle: Notify,
@@ -53,8 +53,7 @@ impl AppState {
             auth: None,
             draining: watch::Sender::new(false),
             shutting_down: watch::Sender::new(false),
-            aborting: AtomicBool::new(false),
-            abort: Notify::new(),
+            aborting: latch::Latch::new(),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
         }
@@ -81,7 +80,7 @@ impl AppState {
     /// arrives on an open keep-alive connection was sent before the client could know, and is served like the rest
     /// (the connection is closed after its answer).
     pub fn is_admitting(&self) -> bool {
-        !self.aborting.load(Ordering::Acquire)
+        !self.aborting.is_set()
     }
 
     /// The first step of a graceful stop: readiness turns false at once (HTTP and gRPC health), while requests and
@@ -106,18 +105,12 @@ impl AppState {
     /// still be running; their answers are dropped), so no accepted request ends in silence.
     pub fn abort_in_flight(&self) {
         self.begin_shutdown();
-        self.aborting.store(true, Ordering::Release);
-        self.abort.notify_waiters();
+        self.aborting.set();
     }
 
     /// Resolves once [`AppState::abort_in_flight`] was called.
     pub async fn aborted(&self) {
-        // Made before the flag is read, the Notified also receives a notify_waiters() that comes in between.
-        let notified = self.abort.notified();
-        if self.aborting.load(Ordering::Acquire) {
-            return;
-        }
-        notified.await;
+        self.aborting.wait().await;
     }
 
     /// Resolves once shutdown has begun.

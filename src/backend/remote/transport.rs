@@ -197,7 +197,7 @@ fn exchange_error(e: ExchangeError) -> AttemptError {
 /// shapes and `data` are left to the client, as a plain proxy would. Returns the JSON header's length.
 fn check_answer(body: &Bytes, header_length: Option<&str>) -> Result<Option<usize>, String> {
     let (head, binary) = json::split_body(body, header_length).map_err(|e| e.to_string())?;
-    let claimed = match answer_scan::claimed_binary_bytes(&head) {
+    let claimed = match answer_scan::claimed_binary_bytes_memo(&head) {
         Some(claimed) => claimed,
         None => answer_scan::claimed_binary_bytes_by_serde(&head)?,
     };

@@ -589,7 +589,7 @@ pub struct BodyTimedOut(Duration);
 struct TimedBody<B> {
     inner: B,
     timeout: Duration,
-    /// The first attempt to read.
+    /// The first read that had to wait.
     started: Option<tokio::time::Instant>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     signal: BodyTimeout,
@@ -614,13 +614,14 @@ where
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let deadline = *this.started.get_or_insert_with(tokio::time::Instant::now) + this.timeout;
         if this.sleep.as_ref().is_some_and(|sleep| sleep.is_elapsed()) {
             return this.expired();
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
             Poll::Pending => {
+                // Timed from the first read that had to wait: a body that is all there never reads the clock.
+                let deadline = *this.started.get_or_insert_with(tokio::time::Instant::now) + this.timeout;
                 let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 match sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => this.expired(),

@@ -60,7 +60,7 @@ impl super::conn::HttpService for DataPlane {
                 }
             }
         }
-        Either::Right(Either::Right(run_infer(self.state.clone(), model, version, request)))
+        Either::Right(Either::Right(Box::pin(run_infer(self.state.clone(), model, version, request))))
     }
 }
 
@@ -315,7 +315,7 @@ async fn infer_inner(
         if let Some(answer) = pipeline::forward(state, &m, &raw).await {
             return answer.map(|answer| {
                 let mut http = Response::new(Body::from(answer.body));
-                set_content_type(http.headers_mut(), answer.header_length);
+                *http.headers_mut() = answer_headers(answer.header_length);
                 http
             });
         }
@@ -347,6 +347,31 @@ async fn infer_decoded(
     }
     set_content_type(h, encoded.json_header_length);
     Ok(http)
+}
+
+/// The headers of a forwarded answer ([`set_content_type`]'s), copied from the last ones this thread made when the
+/// JSON header's length is the same: building a header map costs ~2 % of a forwarded request's CPU, copying one a
+/// third of that, and answers of one model and batch size all have the same length.
+fn answer_headers(json_header_length: Option<usize>) -> HeaderMap {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(Option<usize>, HeaderMap)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let Ok(mut last) = last.try_borrow_mut() else {
+            let mut headers = HeaderMap::new();
+            set_content_type(&mut headers, json_header_length);
+            return headers;
+        };
+        match &*last {
+            Some((length, headers)) if *length == json_header_length => headers.clone(),
+            _ => {
+                let mut headers = HeaderMap::new();
+                set_content_type(&mut headers, json_header_length);
+                *last = Some((json_header_length, headers.clone()));
+                headers
+            }
+        }
+    })
 }
 
 /// A V2 answer's content type: binary extension (with the JSON header's length) or plain JSON.

@@ -278,7 +278,11 @@ impl Pool {
             tried.push(endpoint.clone());
             // Waiting for a slot on a full endpoint is bounded like an attempt; then another endpoint gets a chance.
             let wait = self.config.try_timeout.min(deadline.saturating_duration_since(now));
-            let Ok(Some(flight)) = tokio::time::timeout(wait, endpoint.begin()).await else {
+            let flight = match endpoint.try_begin() {
+                Some(flight) => Some(flight),
+                None => tokio::time::timeout(wait, endpoint.begin()).await.ok().flatten(),
+            };
+            let Some(flight) = flight else {
                 last = Some((AttemptError::Unavailable(format!("all {} of its slots stayed busy for {wait:?}", self.config.max_concurrency)), endpoint.address.clone()));
                 continue;
             };

@@ -113,9 +113,15 @@ pub async fn start(config: &Config, shutdown_on: impl std::future::Future<Output
     } else {
         Repository::empty(&config.server.models, &config.model_defaults, &config.cache, &metrics)
     };
-    for pool in &config.upstreams {
-        let grpc_max = config.server.grpc_max_message_bytes;
-        for remote in remote::load_pool(pool, &config.model_defaults, &metrics, grpc_max.max(config.server.max_body_bytes), limits).await? {
+    // Pools are set up side by side (each may wait for its workers up to its `startup_timeout`; the first to fail
+    // stops the start); their models are added in configuration order.
+    let max_message_bytes = config.server.grpc_max_message_bytes.max(config.server.max_body_bytes);
+    let pools = futures_util::future::try_join_all(
+        config.upstreams.iter().map(|pool| remote::load_pool(pool, &config.model_defaults, &metrics, max_message_bytes, limits)),
+    )
+    .await?;
+    for loaded in pools {
+        for remote in loaded {
             repository.add_remote(remote, &config.cache, &metrics)?;
         }
     }

@@ -369,6 +369,30 @@ async fn grpc_upstreams_survive_a_killed_worker() {
     killed_worker_scenario(UpstreamProtocol::Grpc, 8).await;
 }
 
+/// Endpoints that accept and never answer delay the start by one metadata timeout together, not one each: a pool's
+/// endpoints are asked at once (four silent ones asked in turn would take 4 s here before the good one answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn silent_endpoints_delay_the_start_by_one_timeout_together() {
+    let worker = start_models().await;
+    let good = Proxy::start(worker.addr, Behaviour::Forward(Duration::ZERO)).await;
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(Proxy::start(worker.addr, Behaviour::Hang).await);
+    }
+    let mut endpoints: Vec<String> = silent.iter().map(|p| p.addr.to_string()).collect();
+    endpoints.push(good.addr.to_string());
+    let mut config = pool(endpoints, UpstreamProtocol::Http);
+    config.health.timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let gateway = start_gateway(config).await;
+    let took = started.elapsed();
+    // One timeout to find the model, one to check the silent endpoints against it (both rounds ask all at once).
+    assert!(took < Duration::from_millis(3500), "the start took {took:?}");
+    let r = gateway.infer("identity", &identity_request(3.0)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(first_output(&r), 3.0);
+}
+
 /// A worker that accepts and never answers costs each request at most one try timeout, is ejected, and the gateway
 /// keeps answering (health probes at once, inference through the other worker).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

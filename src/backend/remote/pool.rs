@@ -145,7 +145,8 @@ impl Pool {
     }
 
     /// Finds `model` on the pool: waits (up to `startup_timeout`) for an endpoint to answer its metadata, takes the
-    /// first answer in endpoint order as the reference, and checks every other endpoint that answers against it.
+    /// first answer in endpoint order as the reference (endpoints are asked together), and checks every other
+    /// endpoint that answers against it.
     pub async fn discover(self: &Arc<Self>, model: &str, idempotent: bool) -> Result<Arc<RemoteModelSpec>, PoolError> {
         let started = Instant::now();
         let mut last = String::from("no endpoint yet");
@@ -155,9 +156,17 @@ impl Pool {
                     self.set_addresses(addresses)?;
                 }
             }
+            // Every endpoint is asked at once, so one that does not answer delays the round by one timeout, not
+            // one per endpoint; the first answer in endpoint order is the reference, as if they were asked in turn.
+            let endpoints = self.endpoints();
+            let timeout = self.metadata_timeout();
+            let answers = futures_util::future::join_all(
+                endpoints.iter().map(|endpoint| tokio::time::timeout(timeout, endpoint.client.metadata(model, None))),
+            )
+            .await;
             let mut found = None;
-            for endpoint in self.endpoints().iter() {
-                match tokio::time::timeout(self.metadata_timeout(), endpoint.client.metadata(model, None)).await {
+            for (endpoint, answer) in endpoints.iter().zip(answers) {
+                match answer {
                     Ok(Ok(metadata)) => {
                         found = Some((endpoint.clone(), metadata));
                         break;

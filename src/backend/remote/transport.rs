@@ -72,7 +72,9 @@ pub fn infer_path(model: &str, version: Option<&str>) -> String {
 pub enum EndpointClient {
     /// Inference goes over `connections`; readiness and metadata over the shared `client`.
     Http { client: HttpClient, connections: Arc<Connections>, base: String, max_response_bytes: usize },
-    Grpc { client: GrpcInferenceServiceClient<Channel> },
+    /// Inference over `client`; readiness and metadata over `control`, a connection of their own, so that checks of a
+    /// worker whose HTTP/2 stream limit is taken by inference still get through (and do not eject a busy worker).
+    Grpc { client: GrpcInferenceServiceClient<Channel>, control: GrpcInferenceServiceClient<Channel> },
 }
 
 impl EndpointClient {
@@ -96,7 +98,9 @@ impl EndpointClient {
                 let client = GrpcInferenceServiceClient::new(endpoint.connect_lazy())
                     .max_decoding_message_size(max_message_bytes)
                     .max_encoding_message_size(max_message_bytes);
-                Ok(EndpointClient::Grpc { client })
+                // Each lazily connected channel is its own HTTP/2 connection.
+                let control = GrpcInferenceServiceClient::new(endpoint.connect_lazy()).max_decoding_message_size(max_message_bytes);
+                Ok(EndpointClient::Grpc { client, control })
             }
         }
     }
@@ -110,7 +114,7 @@ impl EndpointClient {
                 let decoded = json::decode_response(&head, binary, limits).map_err(|e| AttemptError::Malformed(e.to_string()))?;
                 Ok(decoded.outputs)
             }
-            (EndpointClient::Grpc { client }, Prepared::Grpc(request)) => {
+            (EndpointClient::Grpc { client, .. }, Prepared::Grpc(request)) => {
                 let response = client.clone().model_infer(request.clone()).await.map_err(|s| grpc_error(&s))?;
                 grpc::decode_response(response.into_inner(), limits).map_err(|e| AttemptError::Malformed(e.to_string()))
             }
@@ -144,8 +148,8 @@ impl EndpointClient {
                     Err(_) => false,
                 }
             }
-            EndpointClient::Grpc { client } => {
-                matches!(client.clone().server_ready(pb::ServerReadyRequest {}).await, Ok(r) if r.get_ref().ready)
+            EndpointClient::Grpc { control, .. } => {
+                matches!(control.clone().server_ready(pb::ServerReadyRequest {}).await, Ok(r) if r.get_ref().ready)
             }
         }
     }
@@ -168,9 +172,9 @@ impl EndpointClient {
                 }
                 model_metadata::from_json(&body).map_err(|e| AttemptError::Malformed(e.to_string()))
             }
-            EndpointClient::Grpc { client } => {
+            EndpointClient::Grpc { control, .. } => {
                 let request = pb::ModelMetadataRequest { name: model.into(), version: version.unwrap_or_default().into() };
-                let response = client.clone().model_metadata(request).await.map_err(|s| grpc_error(&s))?;
+                let response = control.clone().model_metadata(request).await.map_err(|s| grpc_error(&s))?;
                 model_metadata::from_grpc(response.into_inner()).map_err(|e| AttemptError::Malformed(e.to_string()))
             }
         }

@@ -369,6 +369,44 @@ async fn grpc_upstreams_survive_a_killed_worker() {
     killed_worker_scenario(UpstreamProtocol::Grpc, 8).await;
 }
 
+/// A gRPC worker whose HTTP/2 stream limit inference keeps full still passes the gateway's health checks: they go
+/// over a connection of their own. (Sharing the inference connection, they waited behind inference, timed out, and
+/// the busy but healthy worker was taken out of rotation by its checks.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_health_checks_pass_while_inference_fills_the_stream_limit() {
+    // The worker holds every request 1.2 s for a fuller batch and allows one stream per HTTP/2 connection.
+    let slow = "max_batch_size = 64\ninstances = 1\nthreads = 1\n[dynamic_batching]\nmax_queue_delay = \"1200ms\"\npreferred_batch_sizes = [64]\n[queue]\ntimeout = \"5s\"\n";
+    let repo = TempRepo::new().model("identity", "identity", 1, slow);
+    let mut config = Config::default();
+    config.server.models = repo.path().to_path_buf();
+    config.server.max_concurrent_streams = 1;
+    let worker = start_with(config, Some(repo)).await;
+    let mut upstream = pool(vec![worker.grpc_addr.to_string()], UpstreamProtocol::Grpc);
+    upstream.try_timeout = Duration::from_secs(4);
+    // Room for a busy test machine; a check queued behind a 1.2 s inference still misses it.
+    upstream.health.timeout = Duration::from_millis(400);
+    let gateway = Arc::new(start_gateway(upstream).await);
+    // Two requests in turn: the inference connection's only stream is taken for ~2.4 s.
+    let load = {
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..2 {
+                statuses.push(gateway.infer("identity", &identity_request(i as f32)).await.status);
+            }
+            statuses
+        })
+    };
+    // Checks every 100 ms, unhealthy after 2 misses: checks blocked behind inference would show within ~1 s.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let text = String::from_utf8_lossy(&gateway.admin_get("/metrics").await.body).to_string();
+    let endpoint = worker.grpc_addr.to_string();
+    assert_eq!(metric(&text, "sluice_upstream_ejections_total", &[("endpoint", &endpoint), ("reason", "health_check")]), 0.0, "{text}");
+    assert_eq!(metric(&text, "sluice_upstream_available", &[("endpoint", &endpoint)]), 1.0, "{text}");
+    let statuses = tokio::time::timeout(Duration::from_secs(15), load).await.expect("the requests ended").expect("no panic");
+    assert_eq!(statuses, vec![StatusCode::OK, StatusCode::OK]);
+}
+
 /// Endpoints that accept and never answer delay the start by one metadata timeout together, not one each: a pool's
 /// endpoints are asked at once (four silent ones asked in turn would take 4 s here before the good one answered).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

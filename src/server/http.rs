@@ -356,17 +356,17 @@ fn answer_headers(json_header_length: Option<usize>) -> HeaderMap {
     thread_local! {
         static LAST: std::cell::RefCell<Option<(Option<usize>, HeaderMap)>> = const { std::cell::RefCell::new(None) };
     }
+    let made = || {
+        let mut headers = HeaderMap::new();
+        set_content_type(&mut headers, json_header_length);
+        headers
+    };
     LAST.with(|last| {
-        let Ok(mut last) = last.try_borrow_mut() else {
-            let mut headers = HeaderMap::new();
-            set_content_type(&mut headers, json_header_length);
-            return headers;
-        };
+        let Ok(mut last) = last.try_borrow_mut() else { return made() };
         match &*last {
             Some((length, headers)) if *length == json_header_length => headers.clone(),
             _ => {
-                let mut headers = HeaderMap::new();
-                set_content_type(&mut headers, json_header_length);
+                let headers = made();
                 *last = Some((json_header_length, headers.clone()));
                 headers
             }

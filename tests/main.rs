@@ -14,6 +14,7 @@ mod drain;
 mod fuzz_regressions;
 mod grpc;
 mod http_api;
+mod http_lane;
 mod keda_scaler;
 mod metrics;
 mod redis_tier;

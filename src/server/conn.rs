@@ -4,6 +4,7 @@
 //! hyper (HTTP/1.1, and HTTP/2 when TLS negotiates it); the gRPC listener gets an incoming stream of connections that
 //! already passed all of this (see [`incoming`]). See docs/SECURITY.md.
 
+use super::lane::{self, LaneCounters, LaneEnd, Rewind};
 use super::tls::{Alpn, TlsSource};
 use crate::config::ServerConfig;
 use crate::metrics::{catalogue, Metrics};
@@ -581,7 +582,7 @@ struct BodyTimeout {
 /// The error of a request body that did not arrive in time.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body did not arrive within {0:?} (server.body_read_timeout)")]
-pub struct BodyTimedOut(Duration);
+pub struct BodyTimedOut(pub Duration);
 
 /// A request body that must arrive within `timeout` of the first attempt to read it. The timer starts only when the
 /// body is not all there yet: most bodies come with their request head, and a timer per request costs a few percent
@@ -644,6 +645,12 @@ where
 /// ([`super::http::DataPlane`]). `peer` is the connection's; a router gives it to handlers as request extensions.
 pub trait HttpService: Clone + Send + Sync + 'static {
     fn call(&self, request: Request<axum::body::Body>, peer: &PeerInfo) -> impl Future<Output = axum::response::Response> + Send;
+
+    /// The data plane's state, when this service's plain inference requests may take the HTTP/1.1 inference lane
+    /// ([`super::lane`]).
+    fn inference_lane(&self) -> Option<&super::AppState> {
+        None
+    }
 }
 
 impl HttpService for axum::Router {
@@ -693,8 +700,18 @@ pub async fn serve_http(
     }
 }
 
-async fn serve_connection(protection: &Protection, io: ServerIo, service: impl HttpService, graceful: Arc<super::latch::Latch>) {
+async fn serve_connection(protection: &Protection, mut io: ServerIo, service: impl HttpService, graceful: Arc<super::latch::Latch>) {
     let limits = &protection.limits;
+    // Plain inference requests on HTTP/1.1 take the lane; hyper gets the connection at its first other request.
+    let mut read_ahead = Bytes::new();
+    if let (false, Some(state)) = (io.h2, service.inference_lane()) {
+        let counters = LaneCounters { header_timeout: &protection.metrics.header_timeout, body_timeout: &protection.metrics.body_timeout };
+        let peer = io.peer.clone();
+        match lane::serve(&mut io, &service, state, &peer, limits, &counters, &graceful).await {
+            LaneEnd::Closed => return,
+            LaneEnd::HandOff(rest) => read_ahead = rest,
+        }
+    }
     let peer = io.peer.clone();
     let body_timeout = limits.body_read_timeout;
     let h1 = !io.h2;
@@ -745,12 +762,12 @@ async fn serve_connection(protection: &Protection, io: ServerIo, service: impl H
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(limits.keepalive_interval)
             .keep_alive_timeout(limits.keepalive_timeout);
-        drive!(builder.serve_connection(TokioIo::new(io), service));
+        drive!(builder.serve_connection(TokioIo::new(Rewind::new(read_ahead, io)), service));
     } else {
         let timer = HeadTimer::new(io.activity.clone(), limits.header_read_timeout, limits.idle_timeout, protection.metrics.header_timeout.clone());
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder.timer(timer).header_read_timeout(limits.header_read_timeout).max_header_size(limits.max_header_bytes).keep_alive(true);
-        drive!(builder.serve_connection(TokioIo::new(io), service));
+        drive!(builder.serve_connection(TokioIo::new(Rewind::new(read_ahead, io)), service));
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::metrics::Protocol;
 use super::{metadata, pipeline, AppState};
 use crate::protocol::json::{decode_request, encode_response, split_body, EncodeChoice};
-use crate::backend::RawInfer;
+use crate::backend::{RawAnswer, RawInfer};
 use crate::protocol::ApiError;
 use crate::repository::ModelVersion;
 use axum::body::Body;
@@ -62,11 +62,15 @@ impl super::conn::HttpService for DataPlane {
         }
         Either::Right(Either::Right(Box::pin(run_infer(self.state.clone(), model, version, request))))
     }
+
+    fn inference_lane(&self) -> Option<&AppState> {
+        Some(&self.state)
+    }
 }
 
 /// The model and version of an inference path (`/v2/models/{model}[/versions/{version}]/infer`), when it has no
 /// percent-escapes (the router decodes those) and no empty segment.
-fn infer_route(path: &str) -> Option<(String, Option<String>)> {
+pub(super) fn infer_route(path: &str) -> Option<(String, Option<String>)> {
     let rest = path.strip_prefix("/v2/models/")?.strip_suffix("/infer")?;
     if rest.contains('%') {
         return None;
@@ -196,26 +200,102 @@ async fn infer_v(State(state): Shared, Path((model, version)): Path<(String, Str
     run_infer(state, model, Some(version), request).await
 }
 
+async fn run_infer(state: Arc<AppState>, model: String, version: Option<String>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let tenant = super::auth_layer::tenant_of(&parts.extensions);
+    let headers = InferHeaders::of(&parts.headers);
+    answer_infer(&state, model, version, headers, tenant, RequestBody::Streamed(body)).await.into_response()
+}
+
+/// An inference whose head and whole body the HTTP/1.1 inference lane ([`super::lane`]) has read itself.
+pub async fn lane_infer(state: &AppState, model: String, version: Option<String>, headers: InferHeaders<'_>, body: Bytes) -> Answer {
+    let tenant = super::auth_layer::tenant_of(&axum::http::Extensions::new());
+    answer_infer(state, model, version, headers, tenant, RequestBody::Read(body)).await
+}
+
+/// The request headers an inference reads, borrowed from wherever its head was parsed: hyper's header map, or the
+/// inference lane's read buffer. The first value of a header counts (as `HeaderMap::get` gives it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InferHeaders<'a> {
+    pub content_length: Option<&'a [u8]>,
+    pub content_encoding: Option<&'a [u8]>,
+    pub header_length: Option<&'a [u8]>,
+    pub cache_control: Option<&'a [u8]>,
+    pub request_id: Option<&'a [u8]>,
+}
+
+impl<'a> InferHeaders<'a> {
+    fn of(map: &'a HeaderMap) -> InferHeaders<'a> {
+        let get = |name: &str| map.get(name).map(HeaderValue::as_bytes);
+        InferHeaders {
+            content_length: map.get(header::CONTENT_LENGTH).map(HeaderValue::as_bytes),
+            content_encoding: map.get(header::CONTENT_ENCODING).map(HeaderValue::as_bytes),
+            header_length: get(HEADER_LENGTH),
+            cache_control: map.get(header::CACHE_CONTROL).map(HeaderValue::as_bytes),
+            request_id: get("x-request-id"),
+        }
+    }
+}
+
+/// A request body: still to be read (hyper's), or read whole already (the lane's).
+enum RequestBody {
+    Streamed(Body),
+    Read(Bytes),
+}
+
+/// What an inference answers: a forwarded upstream answer (200, its body passed on as it came) or any other response.
+/// Kept apart so that the lane writes a forwarded answer's head without building a header map.
+pub enum Answer {
+    Forwarded(RawAnswer),
+    Other(Response),
+}
+
+impl Answer {
+    fn status(&self) -> u16 {
+        match self {
+            Answer::Forwarded(_) => 200,
+            Answer::Other(response) => response.status().as_u16(),
+        }
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        match self {
+            Answer::Forwarded(answer) => {
+                let mut http = Response::new(Body::from(answer.body));
+                *http.headers_mut() = answer_headers(answer.header_length);
+                http
+            }
+            Answer::Other(response) => response,
+        }
+    }
+}
+
 /// Request ids for log lines when the client sends neither `x-request-id` nor a V2 `id`.
 static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 
-async fn run_infer(state: Arc<AppState>, model: String, version: Option<String>, request: axum::extract::Request) -> Response {
+async fn answer_infer(
+    state: &AppState,
+    model: String,
+    version: Option<String>,
+    headers: InferHeaders<'_>,
+    tenant: Arc<str>,
+    body: RequestBody,
+) -> Answer {
     let started = std::time::Instant::now();
-    let (parts, body) = request.into_parts();
-    let headers = parts.headers;
-    let tenant = super::auth_layer::tenant_of(&parts.extensions);
     let request_id = || {
         headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
+            .request_id
+            .and_then(|v| std::str::from_utf8(v).ok())
             .map(str::to_string)
             .unwrap_or_else(|| format!("r{}", NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)))
     };
     let span = request_span(|| tracing::info_span!("infer", request_id = %request_id(), model = %model, tenant = %tenant));
     let mut resolved = None;
-    let response = async {
-        match infer_inner(&state, &model, version.as_deref(), &headers, body, &mut resolved).await {
-            Ok(response) => response,
+    let answer = async {
+        match infer_inner(state, &model, version.as_deref(), &headers, body, &mut resolved).await {
+            Ok(answer) => answer,
             Err(err) => {
                 let status = err.status.as_u16();
                 if err.status.is_server_error() {
@@ -223,18 +303,18 @@ async fn run_infer(state: Arc<AppState>, model: String, version: Option<String>,
                 } else {
                     tracing::debug!(request_id = %request_id(), model = %model, tenant = %tenant, status, error = %err.message, "request refused");
                 }
-                err.into_response()
+                Answer::Other(err.into_response())
             }
         }
     }
     .instrument(span)
     .await;
-    let code = response.status().as_u16();
+    let code = answer.status();
     match resolved {
         Some(m) => state.observe_request_of(Protocol::Http, &m, code, started),
         None => state.observe_request(Protocol::Http, &model, version.as_deref(), code, started),
     }
-    response
+    answer
 }
 
 /// The span an inference runs in, only when debug logging is on. The log formatter renders a span's fields as soon as
@@ -248,12 +328,17 @@ pub fn request_span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
     }
 }
 
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_body(body: RequestBody, headers: &InferHeaders<'_>, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is over the limit of {limit} bytes"));
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = headers.content_length.and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
+    let body = match body {
+        RequestBody::Read(bytes) if bytes.len() > limit => return Err(too_large()),
+        RequestBody::Read(bytes) => return Ok(bytes),
+        RequestBody::Streamed(body) => body,
+    };
     // Frames are gathered by hand rather than with `Collect`: a body that comes in one frame (most do) is passed on
     // as it is, without a frame list (this runs for every inference).
     let mut body = body;
@@ -289,21 +374,27 @@ async fn infer_inner(
     state: &AppState,
     model: &str,
     version: Option<&str>,
-    headers: &HeaderMap,
-    body: Body,
+    headers: &InferHeaders<'_>,
+    body: RequestBody,
     resolved: &mut Option<Arc<ModelVersion>>,
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
     let m = pipeline::serving_model(state, model, version)?;
     *resolved = Some(m.clone());
-    if let Some(encoding) = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) {
+    if let Some(encoding) = headers.content_encoding {
+        let encoding = String::from_utf8_lossy(encoding);
         if !encoding.eq_ignore_ascii_case("identity") {
             return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Content-Encoding '{encoding}' is not supported")));
         }
     }
     let body = read_body(body, headers, state.max_body_bytes).await?;
-    let header_length = match headers.get(HEADER_LENGTH) {
+    let header_length = match headers.header_length {
         None => None,
-        Some(v) => Some(v.to_str().map_err(|_| ApiError::bad_request("Inference-Header-Content-Length is not ASCII"))?),
+        Some(v) => Some(
+            std::str::from_utf8(v)
+                .ok()
+                .filter(|text| text.is_ascii())
+                .ok_or_else(|| ApiError::bad_request("Inference-Header-Content-Length is not ASCII"))?,
+        ),
     };
     // A header length that does not fit the body is refused by the decoded path, with its message.
     let fitting_length = match header_length {
@@ -313,28 +404,24 @@ async fn infer_inner(
     if let Some(header_length) = fitting_length {
         let raw = RawInfer { body: body.clone(), header_length };
         if let Some(answer) = pipeline::forward(state, &m, &raw).await {
-            return answer.map(|answer| {
-                let mut http = Response::new(Body::from(answer.body));
-                *http.headers_mut() = answer_headers(answer.header_length);
-                http
-            });
+            return answer.map(Answer::Forwarded);
         }
     }
     // Boxed, so that the future of a forwarded request (the hot path of a gateway) stays small.
-    Box::pin(infer_decoded(state, &m, headers, body, header_length)).await
+    Box::pin(infer_decoded(state, &m, headers, body, header_length)).await.map(Answer::Other)
 }
 
 /// The decoded path of an inference: decode, run through the pipeline (cache, scheduler), encode.
 async fn infer_decoded(
     state: &AppState,
     m: &Arc<ModelVersion>,
-    headers: &HeaderMap,
+    headers: &InferHeaders<'_>,
     body: Bytes,
     header_length: Option<&str>,
 ) -> Result<Response, ApiError> {
     let (json, binary) = split_body(&body, header_length)?;
     let mut request = decode_request(&json, binary, state.limits)?;
-    let cache_control = headers.get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok());
+    let cache_control = headers.cache_control.and_then(|v| std::str::from_utf8(v).ok());
     let policy = pipeline::cache_policy(&request, cache_control);
     let response = pipeline::infer(state, m, &mut request, None, policy).await?;
     let choice = EncodeChoice::for_request(&request.outputs, &request.params, &response);

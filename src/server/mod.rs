@@ -6,6 +6,7 @@ pub mod auth_layer;
 pub mod grpc;
 pub mod grpc_listener;
 pub mod http;
+pub mod lane;
 pub(crate) mod metadata;
 pub mod pipeline;
 pub mod latch;

@@ -365,18 +365,40 @@ fn parse(buf: &[u8], max_head: usize, max_body: usize, fast_infer: bool) -> Pars
     }
     let general = Parsed::Lane(LaneHead { len, body_len, close, route: Route::General });
     let (true, "POST", Some(content_length)) = (fast_infer, method, content_length) else { return general };
-    let path = target.split_once('?').map_or(target, |(path, _)| path);
-    if !path.bytes().all(is_plain_path_byte) {
-        return general;
-    }
+    let Some(path) = plain_path(target) else { return general };
     let Some((model, version)) = super::http::infer_route(path) else { return general };
     let route = Route::Infer { model, version, content_length, content_encoding, header_length, cache_control, request_id };
     Parsed::Lane(LaneHead { len, body_len, close, route })
 }
 
-/// A path byte the lane takes: RFC 3986 `pchar` without percent-escapes, and `/`. Anything else is hyper's to judge.
-fn is_plain_path_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b)
+/// The path of `target` (up to a `?`) when all its bytes are RFC 3986 `pchar`s without percent-escapes, or `/`.
+/// Anything else is left to the router, which decodes escapes.
+fn plain_path(target: &str) -> Option<&str> {
+    const PLAIN: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            table[b] = c.is_ascii_alphanumeric();
+            b += 1;
+        }
+        let extra = b"-._~!$&'()*+,;=:@/";
+        let mut i = 0;
+        while i < extra.len() {
+            table[extra[i] as usize] = true;
+            i += 1;
+        }
+        table
+    };
+    let bytes = target.as_bytes();
+    let mut end = 0;
+    while end < bytes.len() && bytes[end] != b'?' {
+        if !PLAIN[bytes[end] as usize] {
+            return None;
+        }
+        end += 1;
+    }
+    target.get(..end)
 }
 
 /// A `Content-Length` value: decimal digits only (no sign, no list), at most 18 of them.
@@ -553,7 +575,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
 
 #[cfg(test)]
 mod tests {
-    use super::{build_request, parse, parse_length, Parsed, Route};
+    use super::{build_request, parse, parse_length, plain_path, Parsed, Route};
     use bytes::Bytes;
 
     fn route(head: &str, fast_infer: bool) -> Option<Route> {
@@ -651,6 +673,16 @@ mod tests {
         assert_eq!(cache_control.as_ref().map(at), Some("no-cache"));
         assert_eq!(content_encoding.as_ref().map(at), Some("gzip"));
         assert_eq!(request_id.as_ref().map(at), Some("abc"), "the first value counts");
+    }
+
+    #[test]
+    fn plain_paths_stop_at_the_query_and_refuse_escapes() {
+        assert_eq!(plain_path("/v2/models/a-b_c.d~e/infer?x=%20"), Some("/v2/models/a-b_c.d~e/infer"));
+        assert_eq!(plain_path("/v2/m:1@x!$&'()*+,;=/infer"), Some("/v2/m:1@x!$&'()*+,;=/infer"));
+        assert_eq!(plain_path("/?"), Some("/"));
+        for odd in ["/v2/%41", "/v2/a b", "/v2/a\"b", "/v2/a#b", "/v2/a{b}", "/v2/\u{e9}"] {
+            assert_eq!(plain_path(odd), None, "{odd:?}");
+        }
     }
 
     #[test]

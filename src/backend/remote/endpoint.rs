@@ -155,19 +155,20 @@ impl Endpoint {
     /// never is).
     pub async fn begin(&self) -> Option<InFlight<'_>> {
         let slot = self.slots.clone().acquire_owned().await.ok()?;
-        Some(self.in_flight(slot))
+        Some(self.in_flight(slot, Instant::now()))
     }
 
-    /// [`Endpoint::begin`] when a slot is free now, without the future and timer a wait would need.
-    pub fn try_begin(&self) -> Option<InFlight<'_>> {
+    /// [`Endpoint::begin`] when a slot is free at `now` (the caller's clock reading), without the future and timer a
+    /// wait would need.
+    pub fn try_begin(&self, now: Instant) -> Option<InFlight<'_>> {
         let slot = self.slots.clone().try_acquire_owned().ok()?;
-        Some(self.in_flight(slot))
+        Some(self.in_flight(slot, now))
     }
 
-    fn in_flight(&self, slot: OwnedSemaphorePermit) -> InFlight<'_> {
-        let now = self.outstanding.fetch_add(1, Ordering::AcqRel) + 1;
-        self.metrics.outstanding.set(now as f64);
-        InFlight { endpoint: self, started: Instant::now(), _slot: slot }
+    fn in_flight(&self, slot: OwnedSemaphorePermit, started: Instant) -> InFlight<'_> {
+        let outstanding = self.outstanding.fetch_add(1, Ordering::AcqRel) + 1;
+        self.metrics.outstanding.set(outstanding as f64);
+        InFlight { endpoint: self, started, _slot: slot }
     }
 
     /// Records an attempt's end: its outcome label, its latency, and its effect on passive ejection.

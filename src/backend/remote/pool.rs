@@ -259,10 +259,14 @@ impl Pool {
     {
         let deadline = Instant::now() + self.config.timeout;
         self.budget.deposit();
+        // The endpoints tried before this round (the last one is pushed only when a retry comes: most requests
+        // succeed at once and never allocate the list).
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        let mut current: Option<Arc<Endpoint>> = None;
         let mut last: Option<(AttemptError, String)> = None;
         for round in 0..self.config.max_attempts {
             let now = Instant::now();
+            tried.extend(current.take());
             if round > 0 {
                 let Some((err, _)) = &last else { break };
                 if !err.retryable(model.idempotent) {
@@ -278,24 +282,24 @@ impl Pool {
                 }
                 self.retries_sent.increment(1);
             }
-            let Some(endpoint) = self.pick(&tried) else {
+            let Some(endpoint) = self.pick(&tried, now) else {
                 if last.is_none() {
                     return Err(UpstreamError::Unavailable { pool: self.name.clone(), last: "no endpoint is available".into() });
                 }
                 break;
             };
-            tried.push(endpoint.clone());
+            current = Some(endpoint.clone());
             // Waiting for a slot on a full endpoint is bounded like an attempt; then another endpoint gets a chance.
             let wait = self.config.try_timeout.min(deadline.saturating_duration_since(now));
-            let flight = match endpoint.try_begin() {
-                Some(flight) => Some(flight),
-                None => tokio::time::timeout(wait, endpoint.begin()).await.ok().flatten(),
+            let (flight, began) = match endpoint.try_begin(now) {
+                Some(flight) => (Some(flight), now),
+                None => (tokio::time::timeout(wait, endpoint.begin()).await.ok().flatten(), Instant::now()),
             };
             let Some(flight) = flight else {
                 last = Some((AttemptError::Unavailable(format!("all {} of its slots stayed busy for {wait:?}", self.config.max_concurrency)), endpoint.address.clone()));
                 continue;
             };
-            let try_timeout = self.config.try_timeout.min(deadline.saturating_duration_since(Instant::now()));
+            let try_timeout = self.config.try_timeout.min(deadline.saturating_duration_since(began));
             let result = match tokio::time::timeout(try_timeout, attempt(endpoint.clone())).await {
                 Ok(result) => result,
                 Err(_) => Err(AttemptError::Timeout(try_timeout)),
@@ -320,9 +324,8 @@ impl Pool {
     /// Power of two choices: two random candidates, the cheaper wins. Candidates are the available endpoints not
     /// yet tried by this request (or tried ones, when none is left); when every endpoint is out of rotation, any
     /// verified one is tried rather than failing the request outright.
-    fn pick(&self, tried: &[Arc<Endpoint>]) -> Option<Arc<Endpoint>> {
+    fn pick(&self, tried: &[Arc<Endpoint>], now: Instant) -> Option<Arc<Endpoint>> {
         let all = self.endpoints();
-        let now = Instant::now();
         let fresh = |e: &&Arc<Endpoint>| !tried.iter().any(|t| Arc::ptr_eq(t, e));
         let tiers: [&EndpointFilter; 4] = [
             &|e| e.is_available(now) && fresh(e),

@@ -694,6 +694,59 @@ mod tests {
         }
     }
 
+    /// Every single-byte deletion, duplication and replacement of a few seed heads: parsing never panics, an
+    /// inference head's ranges lie inside its head and its Content-Length range reads as its body length, and a
+    /// general head builds into a request (or a 400) without panicking.
+    #[test]
+    fn mutated_heads_never_break_the_parser() {
+        let seeds = [
+            "POST /v2/models/m/versions/2/infer?q=1 HTTP/1.1\r\nHost: h\r\nInference-Header-Content-Length: 5\r\nContent-Length: 9\r\nConnection: keep-alive\r\n\r\n",
+            "GET /v2/models/m HTTP/1.1\r\nx-request-id: r\r\ncache-control: no-cache\r\n\r\n",
+            "POST /v2/models/m/infer HTTP/1.1\r\ncontent-encoding: identity\r\ncontent-length: 0\r\n\r\n",
+        ];
+        let mut built = (0, 0);
+        for seed in seeds {
+            let seed = seed.as_bytes();
+            let mut variants: Vec<Vec<u8>> = Vec::new();
+            for i in 0..seed.len() {
+                let mut deleted = seed.to_vec();
+                deleted.remove(i);
+                variants.push(deleted);
+                let mut doubled = seed.to_vec();
+                doubled.insert(i, seed[i]);
+                variants.push(doubled);
+                for b in [0u8, b' ', b'\r', b'\n', b':', b'/', b'?', b'%', b',', b'0', b'9', b'a', b'Z', 0x7f, 0x80, 0xff] {
+                    let mut replaced = seed.to_vec();
+                    replaced[i] = b;
+                    variants.push(replaced);
+                }
+            }
+            for input in variants {
+                let Parsed::Lane(head) = parse(&input, 16 * 1024, 1 << 20, true) else { continue };
+                assert!(head.len <= input.len());
+                match head.route {
+                    Route::Infer { content_length, content_encoding, header_length, cache_control, request_id, model, .. } => {
+                        assert!(!model.is_empty());
+                        for range in [Some(content_length.clone()), content_encoding, header_length, cache_control, request_id].into_iter().flatten() {
+                            assert!(range.end <= head.len, "{:?}", String::from_utf8_lossy(&input));
+                        }
+                        let text = std::str::from_utf8(&input[content_length]).expect("digits");
+                        assert_eq!(text.trim().parse::<usize>().ok(), Some(head.body_len));
+                    }
+                    Route::General => {
+                        let mut request = input[..head.len].to_vec();
+                        request.resize(head.len + head.body_len, b'x');
+                        match build_request(&Bytes::from(request), head.len) {
+                            Ok(_) => built.0 += 1,
+                            Err(_) => built.1 += 1,
+                        }
+                    }
+                }
+            }
+        }
+        assert!(built.0 > 100, "general heads built: {built:?}");
+    }
+
     #[test]
     fn general_requests_are_built_with_their_headers_and_body() {
         let head = "PUT /v2/x?y=1 HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nx-a: 2\r\ncontent-length: 4\r\n\r\n";

@@ -316,6 +316,14 @@ if {"direct", "nginx"} <= set(targets):
             print(f"{m}, {t} vs nginx: added p50 {s['added_p50_us']:,.0f} vs {n['added_p50_us']:,.0f} µs "
                   f"({'≤, met' if lat else '>, NOT met'}); c{conc} {s['cN_rps']:,.0f} vs {n['cN_rps']:,.0f} req/s "
                   f"({'≥, met' if thr else '<, NOT met'})")
+            # Paired within each round (the VM drifts between rounds): Sluice's c1 p50 minus nginx's, and the ratio of
+            # their c{conc} throughputs, with how many rounds went Sluice's way.
+            p1 = [a - b for a, b in zip(s["rounds"]["c1_p50_us"], n["rounds"]["c1_p50_us"]) if a is not None and b is not None]
+            pn = [a / b for a, b in zip(s["rounds"]["cN_rps"], n["rounds"]["cN_rps"]) if a and b]
+            if p1 and pn:
+                verdicts[-1]["paired"] = {"c1_p50_diff_us": p1, "cN_rps_ratio": pn}
+                print(f"  paired by round: c1 p50 − nginx's median {med(p1):+,.0f} µs (≤ 0 in {sum(x <= 0 for x in p1)} of {len(p1)}); "
+                      f"c{conc} req/s ÷ nginx's median {med(pn):.3f} (≥ 1 in {sum(x >= 1 for x in pn)} of {len(pn)})")
 summary["verdicts"] = verdicts
 summary["errors"] = bad
 json.dump(summary, open(f"{out}/proxy_summary.json", "w"), indent=1)

@@ -5,6 +5,7 @@ pub mod answer_scan;
 pub mod decode;
 pub mod error;
 pub mod grpc;
+pub mod http1;
 pub mod json;
 mod json_fast;
 pub mod model_metadata;

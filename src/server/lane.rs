@@ -17,12 +17,14 @@
 //! `header_read_timeout` of the connection's start, later heads within `header_read_timeout` of their first byte; a
 //! connection idle for `idle_timeout` between requests is closed; a body must arrive within `body_read_timeout` of
 //! the first read that had to wait for it (else 408 and the connection is closed); and at a graceful shutdown an idle
-//! connection is closed at once, a busy one after its answer (which then says `Connection: close`).
+//! connection is closed at once, a busy one after its answer (which then says `Connection: close`). A client that
+//! closes its connection while its request is in flight withdraws the request, as with hyper.
 
 use super::conn::{BodyTimedOut, ConnLimits, HttpService, PeerInfo};
 use super::http::{Answer, InferHeaders};
 use super::latch::Latch;
 use super::AppState;
+use crate::protocol::http1::write_all_vectored;
 use crate::protocol::ApiError;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
@@ -178,22 +180,29 @@ where
             }
         }
         let request = buf.split_to(total).freeze();
-        let answer = match head.route {
-            Route::Infer { model, version, content_length, content_encoding, header_length, cache_control, request_id } => {
-                let at = |range: &Range<usize>| &request[range.clone()];
-                let headers = InferHeaders {
-                    content_length: Some(at(&content_length)),
-                    content_encoding: content_encoding.as_ref().map(at),
-                    header_length: header_length.as_ref().map(at),
-                    cache_control: cache_control.as_ref().map(at),
-                    request_id: request_id.as_ref().map(at),
-                };
-                super::http::lane_infer(state, model, version, headers, request.slice(head.len..)).await
+        let answer = async {
+            match head.route {
+                Route::Infer { model, version, content_length, content_encoding, header_length, cache_control, request_id } => {
+                    let at = |range: &Range<usize>| &request[range.clone()];
+                    let headers = InferHeaders {
+                        content_length: Some(at(&content_length)),
+                        content_encoding: content_encoding.as_ref().map(at),
+                        header_length: header_length.as_ref().map(at),
+                        cache_control: cache_control.as_ref().map(at),
+                        request_id: request_id.as_ref().map(at),
+                    };
+                    super::http::lane_infer(state, model, version, headers, request.slice(head.len..)).await
+                }
+                Route::General => match build_request(&request, head.len) {
+                    Ok(built) => Answer::Other(service.call(built, peer).await),
+                    Err(message) => Answer::Other(ApiError::bad_request(message).into_response()),
+                },
             }
-            Route::General => match build_request(&request, head.len) {
-                Ok(built) => Answer::Other(service.call(built, peer).await),
-                Err(message) => Answer::Other(ApiError::bad_request(message).into_response()),
-            },
+        };
+        // A client that goes away while its request is in flight withdraws it (a queued request never runs), as with
+        // hyper: the connection is read meanwhile, for its end and for what a pipelining client sends next.
+        let Some(answer) = unless_closed(io, &mut buf, limits.max_header_bytes, answer).await else {
+            return LaneEnd::Closed;
         };
         let close = head.close || graceful.is_set();
         match write_answer(io, &mut out, answer, close).await {
@@ -230,6 +239,30 @@ fn build_request(request: &Bytes, head_len: usize) -> Result<Request<axum::body:
     *built.version_mut() = Version::HTTP_11;
     *built.headers_mut() = headers;
     Ok(built)
+}
+
+/// Runs `work` while reading `io` into `buf` (at most `keep` bytes ahead): `None`, with `work` dropped, when the
+/// connection ends or fails first.
+async fn unless_closed<IO: AsyncRead + Unpin, T>(io: &mut IO, buf: &mut BytesMut, keep: usize, work: impl Future<Output = T>) -> Option<T> {
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        // Until the read is pending (its waker registered) or the buffer holds enough to wait on.
+        while buf.len() < keep {
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(READ_CHUNK);
+            }
+            match std::pin::pin!(io.read_buf(&mut *buf)).poll(cx) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => break,
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// The outcome of one read.
@@ -480,24 +513,6 @@ async fn head_of(out: &mut Vec<u8>, response: Response, mut close: bool) -> (Byt
         out.extend_from_slice(b"\r\n");
     }
     (body, close)
-}
-
-/// Writes `head` then `body` with as few writes as the socket allows (one, normally).
-async fn write_all_vectored<IO: AsyncWrite + Unpin>(io: &mut IO, head: &[u8], body: &[u8]) -> io::Result<()> {
-    let total = head.len() + body.len();
-    let mut written = 0;
-    while written < total {
-        let n = if written < head.len() {
-            io.write_vectored(&[IoSlice::new(&head[written..]), IoSlice::new(body)]).await?
-        } else {
-            io.write(&body[written - head.len()..]).await?
-        };
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        written += n;
-    }
-    io.flush().await
 }
 
 /// The `Date` header, formatted once a second per thread.

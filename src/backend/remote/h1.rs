@@ -13,9 +13,9 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use parking_lot::Mutex;
-use std::io::IoSlice;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use crate::protocol::http1::write_all_vectored;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// Most header lines an answer may carry.
@@ -149,24 +149,6 @@ fn request_head(path: &str, host: &str, header_length: Option<usize>, body_lengt
     }
     head.extend_from_slice(b"\r\n");
     head
-}
-
-/// Writes `head` then `body` with as few writes as the socket allows (one, normally).
-async fn write_all_vectored(stream: &mut TcpStream, head: &[u8], body: &[u8]) -> std::io::Result<()> {
-    let total = head.len() + body.len();
-    let mut written = 0;
-    while written < total {
-        let n = if written < head.len() {
-            stream.write_vectored(&[IoSlice::new(&head[written..]), IoSlice::new(body)]).await?
-        } else {
-            stream.write(&body[written - head.len()..]).await?
-        };
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        written += n;
-    }
-    Ok(())
 }
 
 /// How an answer's body is delimited.
@@ -345,6 +327,7 @@ async fn read_line(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<String,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
     /// A server that answers each request it reads with the next of `answers` (raw bytes), on as many connections

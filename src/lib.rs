@@ -18,3 +18,5 @@ pub mod scaling;
 pub mod scheduler;
 pub mod server;
 pub mod tensor;
+#[cfg(test)]
+pub(crate) mod testing;

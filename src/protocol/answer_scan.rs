@@ -370,20 +370,7 @@ mod tests {
         let mut answered = 0;
         for seed in SEEDS {
             let seed = seed.as_bytes();
-            let mut variants: Vec<Vec<u8>> = Vec::new();
-            for i in 0..seed.len() {
-                let mut deleted = seed.to_vec();
-                deleted.remove(i);
-                variants.push(deleted);
-                let mut doubled = seed.to_vec();
-                doubled.insert(i, seed[i]);
-                variants.push(doubled);
-                for &r in replacements {
-                    let mut replaced = seed.to_vec();
-                    replaced[i] = r;
-                    variants.push(replaced);
-                }
-            }
+            let variants = crate::testing::single_byte_mutations(seed, replacements);
             for variant in variants {
                 if let Some(sum) = claimed_binary_bytes(&variant) {
                     answered += 1;

@@ -370,7 +370,7 @@ fn parse(buf: &[u8], max_head: usize, max_body: usize, fast_infer: bool) -> Pars
                 body_len = n;
             }
             10 if name.eq_ignore_ascii_case(b"connection") => {
-                for token in line.value.split(|&b| b == b',').map(trim) {
+                for token in line.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if !token.eq_ignore_ascii_case(b"keep-alive") {
@@ -436,15 +436,11 @@ fn plain_path(target: &str) -> Option<&str> {
 
 /// A `Content-Length` value: decimal digits only (no sign, no list), at most 18 of them.
 fn parse_length(value: &[u8]) -> Option<usize> {
-    let digits = trim(value);
+    let digits = value.trim_ascii();
     if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
     usize::try_from(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'))).ok()
-}
-
-fn trim(value: &[u8]) -> &[u8] {
-    value.trim_ascii()
 }
 
 /// Writes `answer`; says whether the connection must close after it (`close`, or the answer asks to).
@@ -504,7 +500,7 @@ async fn head_of(out: &mut Vec<u8>, response: Response, mut close: bool) -> (Byt
             continue;
         }
         if name == header::CONNECTION {
-            close |= value.as_bytes().split(|&b| b == b',').any(|token| trim(token).eq_ignore_ascii_case(b"close"));
+            close |= value.as_bytes().split(|&b| b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -722,20 +718,7 @@ mod tests {
         let mut built = (0, 0);
         for seed in seeds {
             let seed = seed.as_bytes();
-            let mut variants: Vec<Vec<u8>> = Vec::new();
-            for i in 0..seed.len() {
-                let mut deleted = seed.to_vec();
-                deleted.remove(i);
-                variants.push(deleted);
-                let mut doubled = seed.to_vec();
-                doubled.insert(i, seed[i]);
-                variants.push(doubled);
-                for b in [0u8, b' ', b'\r', b'\n', b':', b'/', b'?', b'%', b',', b'0', b'9', b'a', b'Z', 0x7f, 0x80, 0xff] {
-                    let mut replaced = seed.to_vec();
-                    replaced[i] = b;
-                    variants.push(replaced);
-                }
-            }
+            let variants = crate::testing::single_byte_mutations(seed, &[0u8, b' ', b'\r', b'\n', b':', b'/', b'?', b'%', b',', b'0', b'9', b'a', b'Z', 0x7f, 0x80, 0xff]);
             for input in variants {
                 let Parsed::Lane(head) = parse(&input, 16 * 1024, 1 << 20, true) else { continue };
                 assert!(head.len <= input.len());

@@ -546,27 +546,16 @@ impl Future for HeadSleep {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut sleep = self.shared.lock();
-        loop {
-            let target = tokio::time::Instant::from_std(self.target());
-            // Set later than the target: it would fire too late. Set earlier: it fires early and is set again below.
-            if sleep.deadline() > target {
-                sleep.as_mut().reset(target);
-            }
-            if sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            // It fired: for this wait only if the target (which a byte may have moved since) has come.
-            if tokio::time::Instant::now() < tokio::time::Instant::from_std(self.target()) {
-                let target = tokio::time::Instant::from_std(self.target());
-                sleep.as_mut().reset(target);
-                continue;
-            }
-            if self.first || self.activity.first_byte().is_some() {
-                self.refused.increment(1);
-                tracing::debug!("request head not received within the header read timeout: closing the connection");
-            }
-            return Poll::Ready(());
+        // The target is asked again after each firing: a byte may have moved it since.
+        let target = || tokio::time::Instant::from_std(self.target());
+        if lane::poll_sleep_until(sleep.as_mut(), cx, target).is_pending() {
+            return Poll::Pending;
         }
+        if self.first || self.activity.first_byte().is_some() {
+            self.refused.increment(1);
+            tracing::debug!("request head not received within the header read timeout: closing the connection");
+        }
+        Poll::Ready(())
     }
 }
 
@@ -646,9 +635,10 @@ where
 pub trait HttpService: Clone + Send + Sync + 'static {
     fn call(&self, request: Request<axum::body::Body>, peer: &PeerInfo) -> impl Future<Output = axum::response::Response> + Send;
 
-    /// The data plane's state, when this service's plain inference requests may take the HTTP/1.1 inference lane
-    /// ([`super::lane`]).
-    fn inference_lane(&self) -> Option<&super::AppState> {
+    /// The data plane's state, when this service's HTTP/1.1 connections may take Sluice's own lane ([`super::lane`]):
+    /// it answers plain requests itself (inference on its fast route, the rest through [`HttpService::call`]) and hands
+    /// anything unusual to hyper.
+    fn http1_lane(&self) -> Option<&super::AppState> {
         None
     }
 }
@@ -704,7 +694,7 @@ async fn serve_connection(protection: &Protection, mut io: ServerIo, service: im
     let limits = &protection.limits;
     // Plain inference requests on HTTP/1.1 take the lane; hyper gets the connection at its first other request.
     let mut read_ahead = Bytes::new();
-    if let (false, Some(state)) = (io.h2, service.inference_lane()) {
+    if let (false, Some(state)) = (io.h2, service.http1_lane()) {
         let counters = LaneCounters { header_timeout: &protection.metrics.header_timeout, body_timeout: &protection.metrics.body_timeout };
         let peer = io.peer.clone();
         match lane::serve(&mut io, &service, state, &peer, limits, &counters, &graceful).await {

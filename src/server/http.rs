@@ -63,7 +63,7 @@ impl super::conn::HttpService for DataPlane {
         Either::Right(Either::Right(Box::pin(run_infer(self.state.clone(), model, version, request))))
     }
 
-    fn inference_lane(&self) -> Option<&AppState> {
+    fn http1_lane(&self) -> Option<&AppState> {
         Some(&self.state)
     }
 }

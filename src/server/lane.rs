@@ -1,17 +1,18 @@
-//! The HTTP/1.1 inference lane: the data plane's plain inference requests read, answered and written by Sluice
-//! itself, on the connection's own task; every other request goes to hyper.
+//! Sluice's own HTTP/1.1 lane: the data plane's plain requests read, answered and written by Sluice itself, on the
+//! connection's own task; anything unusual goes to hyper.
 //!
 //! Why: on a gateway that forwards small requests, hyper's HTTP/1 server (its header map, URI and dispatcher) was
 //! about a third of the CPU a request took, more than the forwarding itself (docs/BENCHMARKS.md). The lane parses a
-//! request head with `httparse` (what hyper uses), reads the nine headers the inference route needs and nothing else,
-//! and writes a forwarded answer's head without building a header map.
+//! request head with `httparse` (what hyper uses). An inference request ([`Route::Infer`]) has the nine headers its
+//! route needs read in place, and a forwarded answer's head is written without building a header map. Other plain
+//! requests — health, metadata, statistics, and inference when authentication is on, since credentials are checked
+//! on a header map — are built into an `http::Request` for the same service ([`Route::General`]).
 //!
-//! It takes only the plainest requests: `POST` of an inference path (no percent-escapes), HTTP/1.1, a single
-//! `Content-Length` within the body limit, no `Transfer-Encoding`, `Expect`, `Upgrade` or `Connection` other than
-//! `keep-alive`, a head within the size limit. The first request that is anything else hands the connection — the
-//! bytes read so far included — to hyper for the rest of its life ([`Rewind`]), so every other request gets exactly
-//! the answer it got before the lane existed (errors for bad heads included). Connections of a server with
-//! authentication never use the lane (credentials are checked on hyper's header map).
+//! It takes only plain requests: HTTP/1.1, origin-form targets, not `HEAD` or `CONNECT`, at most one `Content-Length`
+//! within the body limit, no `Transfer-Encoding`, `Expect`, `Upgrade` or `Connection` other than `keep-alive` or
+//! `close`, a head within the size limit. The first request that is anything else hands the connection — the bytes
+//! read so far included — to hyper for the rest of its life ([`Rewind`]), so such requests get exactly the answer
+//! they got before the lane existed (errors for bad heads included).
 //!
 //! The lane keeps the connection protections of [`super::conn`]: the first request head must be complete within
 //! `header_read_timeout` of the connection's start, later heads within `header_read_timeout` of their first byte; a
@@ -321,18 +322,27 @@ impl Timer {
     }
 
     fn poll_until(&mut self, cx: &mut Context<'_>, target: Instant) -> Poll<()> {
-        loop {
-            if self.sleep.deadline() > target {
-                self.sleep.as_mut().reset(target);
-            }
-            if self.sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            if Instant::now() >= target {
-                return Poll::Ready(());
-            }
-            self.sleep.as_mut().reset(target);
+        poll_sleep_until(self.sleep.as_mut(), cx, || target)
+    }
+}
+
+/// Waits on a timer that other waits share, until `target()`: the timer is moved only when it would fire too late, and
+/// set again when it fires early. `target` is asked again after each firing, for waits whose end moves (hyper's head
+/// timer in `conn.rs` counts from the first byte of a head, which may come while it waits).
+pub(super) fn poll_sleep_until(mut sleep: Pin<&mut Sleep>, cx: &mut Context<'_>, target: impl Fn() -> Instant) -> Poll<()> {
+    loop {
+        let until = target();
+        if sleep.deadline() > until {
+            sleep.as_mut().reset(until);
         }
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let until = target();
+        if Instant::now() >= until {
+            return Poll::Ready(());
+        }
+        sleep.as_mut().reset(until);
     }
 }
 

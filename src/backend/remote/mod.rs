@@ -79,20 +79,23 @@ pub async fn load_pool(
     limits: DecodeLimits,
 ) -> Result<Vec<LoadedRemote>, RemoteError> {
     let pool = Pool::new(config, metrics, max_message_bytes, limits).await?;
-    let settings_of = |name: &String| {
-        let mut file = config.model_settings.get(name).cloned().unwrap_or_default();
-        // The upstream batches; the gateway only does when asked to.
-        file.max_batch_size.get_or_insert(0);
-        file
-    };
+    let files: Vec<_> = config
+        .models
+        .iter()
+        .map(|name| {
+            let mut file = config.model_settings.get(name).cloned().unwrap_or_default();
+            // The upstream batches; the gateway only does when asked to.
+            file.max_batch_size.get_or_insert(0);
+            file
+        })
+        .collect();
     // The models are looked for side by side (each may wait for a worker up to `startup_timeout`).
     let specs = futures_util::future::try_join_all(
-        config.models.iter().map(|name| pool.discover(name, settings_of(name).idempotent.unwrap_or(true))),
+        config.models.iter().zip(&files).map(|(name, file)| pool.discover(name, file.idempotent.unwrap_or(true))),
     )
     .await?;
     let mut loaded = Vec::new();
-    for (name, spec) in config.models.iter().zip(specs) {
-        let file = settings_of(name);
+    for ((name, spec), file) in config.models.iter().zip(specs).zip(files) {
         let where_ = format!("upstream pool '{}', model_settings.{name}", config.name);
         let settings = file.resolve(defaults, spec.signature.can_batch(), Path::new(&where_))?;
         let version = spec.version.as_deref().and_then(|v| v.parse::<u64>().ok()).filter(|&v| v > 0).unwrap_or(1);

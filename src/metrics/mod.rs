@@ -6,6 +6,7 @@
 
 pub mod catalogue;
 pub mod process;
+pub mod upstream;
 
 use crate::scaling::ScalingSnapshot;
 use ::metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
@@ -47,6 +48,8 @@ const METADATA: Metadata<'static> = Metadata::new("sluice", ::metrics::Level::IN
 struct Enabled {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// Upstream endpoints' series, which come and go with the endpoints (see [`upstream`]).
+    endpoints: upstream::EndpointRegistry,
 }
 
 /// The metrics of one server. Disabled metrics hand out no-op handles and render nothing. Cheap to clone (the
@@ -73,8 +76,8 @@ impl Metrics {
             Ok(b) => b.build_recorder(),
             Err(_) => PrometheusBuilder::new().build_recorder(),
         };
-        // Process metrics are written by hand at render time (see `process::write_exposition`).
-        for m in catalogue::ALL.iter().filter(|m| !m.name.starts_with("process_")) {
+        // Process and upstream endpoint metrics are written by hand at render time (`process`, `upstream`).
+        for m in catalogue::ALL.iter().filter(|m| !m.name.starts_with("process_") && !upstream::FAMILIES.contains(&m.name)) {
             let help = m.help.into();
             match m.kind {
                 Kind::Counter => recorder.describe_counter(m.name.into(), None, help),
@@ -83,7 +86,7 @@ impl Metrics {
             }
         }
         let handle = recorder.handle();
-        let metrics = Metrics { enabled: Some(Arc::new(Enabled { recorder, handle })) };
+        let metrics = Metrics { enabled: Some(Arc::new(Enabled { recorder, handle, endpoints: upstream::EndpointRegistry::default() })) };
         metrics.gauge(catalogue::BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
         metrics
     }
@@ -110,6 +113,14 @@ impl Metrics {
         match &self.enabled {
             Some(e) => e.recorder.register_histogram(&Key::from_parts(name, labels(pairs)), &METADATA),
             None => Histogram::noop(),
+        }
+    }
+
+    /// The numbers of one upstream endpoint, on `/metrics` until the last clone of the returned `Arc` is dropped.
+    pub fn upstream_endpoint(&self, pool: &str, endpoint: &str, outcomes: &'static [&'static str]) -> Arc<upstream::EndpointStats> {
+        match &self.enabled {
+            Some(e) => e.endpoints.register(pool, endpoint, outcomes),
+            None => upstream::EndpointRegistry::default().register(pool, endpoint, outcomes),
         }
     }
 
@@ -189,6 +200,7 @@ impl Metrics {
         }
         self.gauge(catalogue::DESIRED_REPLICAS_OVERALL, &[]).set(snapshot.desired_replicas);
         let mut text = e.handle.render();
+        e.endpoints.write_exposition(&mut text);
         process::write_exposition(&mut text, &process::read());
         Some(text)
     }

@@ -2,7 +2,10 @@
 server (the worker) over V2 HTTP in one pool and over V2 gRPC in another, and tritonclient HTTP and gRPC talk to the
 gateway exactly as they would to the worker. Every datatype of all_types comes back bit-exact (the gateway re-encodes
 what the worker answered), answers equal the worker's own, request ids come back, and errors keep their status."""
+import http.client
 import os
+import shutil
+import subprocess
 import tempfile
 
 import numpy as np
@@ -96,3 +99,28 @@ def test_bad_input_is_refused_by_the_gateway_itself(gateway):
     wrong = np.zeros((1, 3), dtype=np.float32)
     expect_error(lambda: c.infer("fraud_mlp", [make_input("input", wrong)]), 400)
     c.close()
+
+
+def test_promtool_accepts_the_gateways_exposition(gateway, client):
+    """The per-endpoint families (written by Sluice itself, not the metrics registry) pass `promtool check metrics`
+    and count the attempts this test made."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool (Debian's prometheus package) is not installed"
+    c = httpclient.InferenceServerClient(gateway.addr)
+    data = np.zeros((1, 64), dtype=np.float32)
+    c.infer("fraud_mlp", [make_input("input", data)])
+    c.close()
+    conn = http.client.HTTPConnection(gateway.admin_addr, timeout=10)
+    conn.request("GET", "/metrics")
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    assert response.status == 200
+    text = body.decode()
+    for family in ("sluice_upstream_requests_total", "sluice_upstream_request_duration_seconds_bucket",
+                   "sluice_upstream_outstanding_requests", "sluice_upstream_available", "sluice_upstream_ejections_total"):
+        assert text.count(f"# TYPE {family.removesuffix('_bucket')} ") == 1, family
+    ok = [line for line in text.splitlines() if line.startswith("sluice_upstream_requests_total{") and 'outcome="ok"' in line]
+    assert ok and sum(float(line.rsplit(" ", 1)[1]) for line in ok) >= 1, ok
+    check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60)
+    assert check.returncode == 0, (check.stdout + check.stderr).decode()

@@ -3,8 +3,8 @@
 
 use super::transport::EndpointClient;
 use crate::config::{EjectionConfig, HealthCheckConfig};
-use crate::metrics::{catalogue, Metrics};
-use ::metrics::{Counter, Gauge, Histogram};
+use crate::metrics::upstream::{Ejection, EndpointStats};
+use crate::metrics::Metrics;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,17 +21,6 @@ const FAILURE_PENALTY: Duration = Duration::from_millis(100);
 /// Attempt outcomes, the `outcome` label of `sluice_upstream_requests_total`.
 pub const OUTCOMES: [&str; 9] =
     ["ok", "connect_error", "refused_stream", "timeout", "unavailable", "overloaded", "malformed", "refused", "failed"];
-
-struct EndpointMetrics {
-    outcomes: Vec<Counter>,
-    duration: Histogram,
-    outstanding: Gauge,
-    available: Gauge,
-    /// Out of rotation after failed attempts in a row (`reason="failures"`, passive outlier ejection).
-    ejected_by_failures: Counter,
-    /// Out of rotation after failed active health checks (`reason="health_check"`).
-    ejected_by_health_checks: Counter,
-}
 
 /// What the active checks and the passive ejection know about an endpoint.
 #[derive(Debug)]
@@ -60,7 +49,8 @@ pub struct Endpoint {
     /// (estimate in seconds, when it was last updated).
     latency: Mutex<(f64, Instant)>,
     health: Mutex<Health>,
-    metrics: EndpointMetrics,
+    /// Its series on `/metrics`, gone once the endpoint leaves its pool and its last attempt ends.
+    metrics: Arc<EndpointStats>,
 }
 
 /// An attempt in flight: counted as outstanding until dropped.
@@ -73,7 +63,7 @@ pub struct InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let left = self.endpoint.outstanding.fetch_sub(1, Ordering::AcqRel) - 1;
-        self.endpoint.metrics.outstanding.set(left as f64);
+        self.endpoint.metrics.set_outstanding(left);
     }
 }
 
@@ -85,19 +75,7 @@ impl InFlight<'_> {
 
 impl Endpoint {
     pub fn new(pool: &str, address: String, client: EndpointClient, max_concurrency: usize, metrics: &Metrics) -> Endpoint {
-        let labels = [("pool", pool), ("endpoint", address.as_str())];
-        let endpoint_metrics = EndpointMetrics {
-            outcomes: OUTCOMES
-                .iter()
-                .map(|o| metrics.counter(catalogue::UPSTREAM_REQUESTS, &[labels[0], labels[1], ("outcome", o)]))
-                .collect(),
-            duration: metrics.histogram(catalogue::UPSTREAM_DURATION, &labels),
-            outstanding: metrics.gauge(catalogue::UPSTREAM_OUTSTANDING, &labels),
-            available: metrics.gauge(catalogue::UPSTREAM_AVAILABLE, &labels),
-            ejected_by_failures: metrics.counter(catalogue::UPSTREAM_EJECTIONS, &[labels[0], labels[1], ("reason", "failures")]),
-            ejected_by_health_checks: metrics.counter(catalogue::UPSTREAM_EJECTIONS, &[labels[0], labels[1], ("reason", "health_check")]),
-        };
-        endpoint_metrics.available.set(0.0);
+        let endpoint_metrics = metrics.upstream_endpoint(pool, &address, &OUTCOMES);
         Endpoint {
             address,
             client,
@@ -167,7 +145,7 @@ impl Endpoint {
 
     fn in_flight(&self, slot: OwnedSemaphorePermit, started: Instant) -> InFlight<'_> {
         let outstanding = self.outstanding.fetch_add(1, Ordering::AcqRel) + 1;
-        self.metrics.outstanding.set(outstanding as f64);
+        self.metrics.set_outstanding(outstanding);
         InFlight { endpoint: self, started, _slot: slot }
     }
 
@@ -177,8 +155,7 @@ impl Endpoint {
         let now = Instant::now();
         let rtt = now.saturating_duration_since(attempt.started());
         drop(attempt);
-        self.metrics.outcomes[outcome].increment(1);
-        self.metrics.duration.record(rtt.as_secs_f64());
+        self.metrics.attempt(outcome, rtt);
         {
             // Peak-EWMA over answers: a slower answer is taken at once, faster ones are blended in. A failed attempt
             // counts as a slow one (at least FAILURE_PENALTY), so an endpoint that fails fast — 429s, refusals —
@@ -218,8 +195,8 @@ impl Endpoint {
         h.ejections += 1;
         h.attempt_failures = 0;
         drop(h);
-        self.metrics.ejected_by_failures.increment(1);
-        self.metrics.available.set(0.0);
+        self.metrics.ejected(Ejection::Failures);
+        self.metrics.set_available(false);
         tracing::warn!(endpoint = %self.address, ejected_for = ?time, "upstream endpoint ejected after failures in a row");
         true
     }
@@ -241,7 +218,7 @@ impl Endpoint {
                 h.healthy = false;
                 // It may come back as another server (a restart, a reused pod IP): check its metadata again then.
                 h.verified = false;
-                self.metrics.ejected_by_health_checks.increment(1);
+                self.metrics.ejected(Ejection::HealthCheck);
                 tracing::warn!(endpoint = %self.address, "upstream endpoint failed its health checks");
             }
         }
@@ -275,12 +252,12 @@ impl Endpoint {
 
     /// The endpoint left the pool (DNS no longer lists it): it shows as unavailable.
     pub fn publish_gone(&self) {
-        self.metrics.available.set(0.0);
+        self.metrics.set_available(false);
     }
 
     /// Refreshes the `sluice_upstream_available` gauge.
     pub fn publish(&self, now: Instant) {
-        self.metrics.available.set(if self.is_available(now) { 1.0 } else { 0.0 });
+        self.metrics.set_available(self.is_available(now));
     }
 }
 
@@ -401,7 +378,7 @@ mod tests {
         e.checked(false, &health);
         let text = metrics.render(&crate::scaling::ScalingSnapshot::empty(0.7)).expect("metrics are enabled");
         let count = |reason: &str| {
-            let series = format!("{}{{pool=\"p\",endpoint=\"127.0.0.1:9\",reason=\"{reason}\"}} ", catalogue::UPSTREAM_EJECTIONS);
+            let series = format!("{}{{pool=\"p\",endpoint=\"127.0.0.1:9\",reason=\"{reason}\"}} ", crate::metrics::catalogue::UPSTREAM_EJECTIONS);
             text.lines().find_map(|l| l.strip_prefix(series.as_str())).map(str::to_owned)
         };
         assert_eq!(count("failures").as_deref(), Some("1"), "{text}");

@@ -447,3 +447,35 @@ async fn resolve(name: &str) -> std::io::Result<Vec<String>> {
     addresses.dedup();
     Ok(addresses)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool found by DNS gets new addresses at every rollout: the series of an address that left must leave
+    /// `/metrics` too, or their number grows for as long as the gateway runs.
+    #[tokio::test]
+    async fn an_endpoint_that_leaves_the_pool_leaves_the_metrics() {
+        let metrics = Metrics::new(true);
+        let config = UpstreamConfig {
+            name: "p".into(),
+            endpoints: vec!["127.0.0.1:9".into(), "127.0.0.1:10".into()],
+            ..UpstreamConfig::default()
+        };
+        let pool = Pool::new(&config, &metrics, 1 << 20, DecodeLimits { max_elements: 1 << 20 }).await.expect("pool");
+        let render = || metrics.render(&crate::scaling::ScalingSnapshot::empty(0.7)).expect("metrics are enabled");
+        let text = render();
+        let series = |endpoint: &str| format!("{}{{pool=\"p\",endpoint=\"{endpoint}\"}} 0", catalogue::UPSTREAM_AVAILABLE);
+        assert!(text.contains(&series("127.0.0.1:9")) && text.contains(&series("127.0.0.1:10")), "{text}");
+
+        // An attempt in flight keeps the leaving endpoint (and its series) until it ends.
+        let leaving = pool.endpoints().iter().find(|e| e.address == "127.0.0.1:10").cloned().expect("listed");
+        pool.set_addresses(vec!["127.0.0.1:9".into(), "127.0.0.1:11".into()]).expect("new set");
+        let text = render();
+        assert!(text.contains(&series("127.0.0.1:10")) && text.contains(&series("127.0.0.1:11")), "{text}");
+        drop(leaving);
+        let text = render();
+        assert!(!text.contains("127.0.0.1:10\""), "{text}");
+        assert!(text.contains(&series("127.0.0.1:9")) && text.contains(&series("127.0.0.1:11")), "{text}");
+    }
+}

@@ -67,6 +67,8 @@ enum Behaviour {
     Forward(Duration),
     /// Accepts connections and requests and never answers any of them.
     Hang,
+    /// Never answers inference requests; the rest (health checks, metadata) is forwarded.
+    HangInfer,
     /// Answers inference requests 200 with a body that is not V2; the rest is forwarded.
     Garbage,
     /// Answers inference requests with this status and a V2 error body; the rest is forwarded.
@@ -122,6 +124,7 @@ async fn proxy_one(req: Request<hyper::body::Incoming>, target: SocketAddr, beha
     }
     match behaviour {
         Behaviour::Hang => std::future::pending::<()>().await,
+        Behaviour::HangInfer if is_infer => std::future::pending::<()>().await,
         Behaviour::Garbage if is_infer => return Response::new(Full::new(Bytes::from_static(b"<html>this is not a V2 answer</html>"))),
         Behaviour::Status(code) if is_infer => {
             let mut r = Response::new(Full::new(Bytes::from(json!({"error": format!("test proxy says {code}")}).to_string())));
@@ -470,6 +473,67 @@ async fn a_hanging_worker_is_timed_out_and_ejected_and_the_gateway_stays_respons
     assert!(metric(&text, "sluice_upstream_ejections_total", &[("endpoint", &hanging_label)]) >= 1.0, "{text}");
     // After the ejection the hanging worker got (almost) nothing: at most a probe per ejection expiry.
     assert!(hanging.infers() <= 6, "the hanging worker still got {} requests", hanging.infers());
+}
+
+/// A client's deadline ends the attempt it waits on, not the attempt's own (long) timeout: a gRPC call is answered
+/// DEADLINE_EXCEEDED when its deadline passes and its attempt to a hanging worker is dropped at once (no longer
+/// outstanding upstream); an HTTP client that hangs up withdraws its attempt the same way (docs/REMOTE.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_deadline_or_hang_up_ends_its_upstream_attempt() {
+    let worker = start_models().await;
+    let proxy = Proxy::start(worker.addr, Behaviour::Forward(Duration::ZERO)).await;
+    let mut config = pool(vec![proxy.addr.to_string()], UpstreamProtocol::Http);
+    config.try_timeout = Duration::from_secs(8);
+    config.timeout = Duration::from_secs(10);
+    config.max_attempts = 1;
+    let gateway = start_gateway(config).await;
+    proxy.set(Behaviour::HangInfer);
+    let endpoint = proxy.addr.to_string();
+    let outstanding = move |t: &str| metric(t, "sluice_upstream_outstanding_requests", &[("endpoint", &endpoint)]);
+
+    let mut grpc = sluice::protocol::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient::connect(format!("http://{}", gateway.grpc_addr))
+        .await
+        .expect("gRPC connect");
+    let data: Vec<f32> = (0..256).map(|i| i as f32).collect();
+    let tensor = sluice::tensor::Tensor::from_slice(sluice::tensor::DataType::F32, vec![1, 256], &data).expect("tensor");
+    let mut request = tonic::Request::new(sluice::protocol::grpc::encode_request("identity", None, None, &[sluice::protocol::NamedTensor { name: "input".into(), tensor }]));
+    request.set_timeout(Duration::from_millis(600));
+    let started = Instant::now();
+    let call = tokio::spawn(async move { grpc.model_infer(request).await });
+    wait_for_metric(&gateway, Duration::from_secs(2), |t| outstanding(t) == 1.0).await.expect("the gRPC request's attempt never started");
+    let status = call.await.expect("call task").expect_err("the worker hangs");
+    // From the server (which answers just before the deadline) or from tonic's own timer, whichever comes first.
+    assert!(matches!(status.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "answered after {:?}", started.elapsed());
+    wait_for_metric(&gateway, Duration::from_secs(3), |t| outstanding(t) == 0.0).await.expect("the attempt outlived the gRPC deadline");
+    assert!(started.elapsed() < Duration::from_secs(6), "the attempt ended only after {:?} (try_timeout is 8 s)", started.elapsed());
+
+    // An HTTP client that gives up after 600 ms (its connection closes with the dropped request); the answer it got
+    // instead, if any, is kept for the failure message.
+    let started = Instant::now();
+    let hang_up = tokio::spawn({
+        let gateway_addr = gateway.addr;
+        async move {
+            let body = identity_request(1.0).to_string();
+            let request = Request::post(format!("http://{gateway_addr}/v2/models/identity/infer")).body(Full::new(Bytes::from(body))).expect("request");
+            match tokio::time::timeout(Duration::from_millis(600), client().request(request)).await {
+                Err(_) => None,
+                Ok(Ok(answer)) => Some(format!("{} {:?}", answer.status(), answer.into_body().collect().await.map(|b| b.to_bytes()))),
+                Ok(Err(e)) => Some(format!("{e}")),
+            }
+        }
+    });
+    if wait_for_metric(&gateway, Duration::from_secs(2), |t| outstanding(t) == 1.0).await.is_none() {
+        panic!("the HTTP request's attempt never started: {:?}", hang_up.await);
+    }
+    assert_eq!(hang_up.await.expect("client task"), None, "the hanging worker answered");
+    wait_for_metric(&gateway, Duration::from_secs(3), |t| outstanding(t) == 0.0).await.expect("the attempt outlived its client");
+    assert!(started.elapsed() < Duration::from_secs(6), "the attempt ended only after {:?} (try_timeout is 8 s)", started.elapsed());
+    assert_eq!(proxy.infers(), 2, "one attempt per request (max_attempts = 1)");
+    // The gateway still serves once the worker does.
+    proxy.set(Behaviour::Forward(Duration::ZERO));
+    let r = gateway.infer("identity", &identity_request(3.0)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
 }
 
 /// Garbage from the only worker is a 502 that says what was wrong, over HTTP and gRPC; the gateway keeps serving.

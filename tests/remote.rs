@@ -360,6 +360,69 @@ async fn killed_worker_scenario(protocol: UpstreamProtocol, seconds: u64) {
     );
 }
 
+/// A pool whose only worker is gone (scaled to zero) holds requests for up to `wait_for_endpoint` instead of failing
+/// them at once: they count as in flight, so the scaling signal says the model needs workers, and they are answered
+/// when a worker is back. A pool that does not wait answers 503 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_scaled_to_zero_holds_requests_until_a_worker_is_back() {
+    let mut worker = WorkerProcess::start();
+    let endpoint = format!("127.0.0.1:{}", worker.http);
+    let mut config = pool(vec![endpoint.clone()], UpstreamProtocol::Http);
+    config.wait_for_endpoint = Duration::from_secs(30);
+    let gateway = Arc::new(start_gateway(config).await);
+    assert_eq!(gateway.infer("identity", &identity_request(1.0)).await.status, StatusCode::OK);
+
+    worker.kill();
+    let available = |t: &str| metric(t, "sluice_upstream_available", &[("endpoint", &endpoint)]);
+    wait_for_metric(&gateway, Duration::from_secs(5), |t| available(t) == 0.0).await.expect("the killed worker was not taken out of rotation");
+    let waiting: Vec<_> = (0..3)
+        .map(|i| {
+            let g = gateway.clone();
+            tokio::spawn(async move { g.infer("identity", &identity_request(10.0 * i as f32)).await })
+        })
+        .collect();
+    // Held, not failed: in flight at the gateway, and the model is active for the autoscaler.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = gateway.admin_get("/scaling/identity").await.json();
+        if m["in_flight"].as_f64() == Some(3.0) && m["active"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the held requests do not show in the scaling signal: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(waiting.iter().all(|w| !w.is_finished()), "a request was answered while the pool had no worker");
+
+    worker.restart();
+    for (i, w) in waiting.into_iter().enumerate() {
+        let r = tokio::time::timeout(Duration::from_secs(20), w).await.expect("answered once the worker was back").expect("request task");
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(first_output(&r), 10.0 * i as f64);
+    }
+    let text = String::from_utf8_lossy(&gateway.admin_get("/metrics").await.body).to_string();
+    assert_eq!(metric(&text, "sluice_upstream_endpoint_waits_total", &[("result", "found")]), 3.0, "{text}");
+    assert_eq!(metric(&text, "sluice_upstream_endpoint_waits_total", &[("result", "timed_out")]), 0.0, "{text}");
+}
+
+/// Without `wait_for_endpoint`, a pool with no usable endpoint answers 503 at once, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_with_no_usable_endpoint_answers_503_at_once_unless_told_to_wait() {
+    let worker = start_models().await;
+    let proxy = Proxy::start(worker.addr, Behaviour::Forward(Duration::ZERO)).await;
+    let endpoint = proxy.addr.to_string();
+    let gateway = start_gateway(pool(vec![endpoint.clone()], UpstreamProtocol::Http)).await;
+    proxy.set(Behaviour::Hang);
+    let available = |t: &str| metric(t, "sluice_upstream_available", &[("endpoint", &endpoint)]);
+    wait_for_metric(&gateway, Duration::from_secs(5), |t| available(t) == 0.0).await.expect("the hanging worker was not taken out of rotation");
+    // Unhealthy by its checks, so no longer verified: not even the last-resort tier takes it.
+    let started = Instant::now();
+    let r = gateway.infer("identity", &identity_request(1.0)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.error().contains("no endpoint is available"), "{}", r.error());
+    assert!(started.elapsed() < Duration::from_millis(500), "took {:?}", started.elapsed());
+}
+
 /// Three worker processes behind the gateway (HTTP upstreams); one is SIGKILLed during a 20 s load and restarted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_worker_costs_no_request_and_is_readmitted_after_restart() {

@@ -61,6 +61,12 @@ pub struct UpstreamConfig {
     /// At start, how long to wait for the first endpoint to answer each model's metadata before giving up.
     #[serde(with = "humantime_serde")]
     pub startup_timeout: Duration,
+    /// How long a request waits for the pool to have an endpoint it may use, when it has none (every worker gone,
+    /// scaled to zero, or not checked yet), before it is answered 503. 0 = answer 503 at once. While requests wait
+    /// they count as in flight, so the scaling signal is active and KEDA can scale the workers up from zero. The
+    /// pool's `timeout` counts from the end of this wait.
+    #[serde(with = "humantime_serde")]
+    pub wait_for_endpoint: Duration,
     pub health: HealthCheckConfig,
     pub ejection: EjectionConfig,
 }
@@ -85,6 +91,7 @@ impl Default for UpstreamConfig {
             retry_budget: 0.2,
             min_retries_per_second: 10.0,
             startup_timeout: Duration::from_secs(60),
+            wait_for_endpoint: Duration::ZERO,
             health: HealthCheckConfig::default(),
             ejection: EjectionConfig::default(),
         }
@@ -228,6 +235,9 @@ mod tests {
     fn a_minimal_pool_is_valid_and_mistakes_name_the_key() {
         pool("name = 'w'\nendpoints = ['127.0.0.1:9000']\nmodels = ['identity']").unwrap();
         pool("name = 'w'\ndns = 'workers.ml.svc:8000'\nmodels = ['identity']").unwrap();
+        let waiting: UpstreamConfig = toml::from_str("name = 'w'\ndns = 'w:1'\nmodels = ['m']\nwait_for_endpoint = '2m'").unwrap();
+        assert_eq!(waiting.wait_for_endpoint, Duration::from_secs(120));
+        assert_eq!(UpstreamConfig::default().wait_for_endpoint, Duration::ZERO, "by default a pool with no worker answers at once");
         for (text, key) in [
             ("name = 'w'\nmodels = ['identity']", "upstreams.endpoints"),
             ("name = 'w'\nendpoints = ['http://a:1']\nmodels = ['m']", "upstreams.endpoints"),

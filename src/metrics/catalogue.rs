@@ -55,6 +55,7 @@ pub const UPSTREAM_OUTSTANDING: &str = "sluice_upstream_outstanding_requests";
 pub const UPSTREAM_AVAILABLE: &str = "sluice_upstream_available";
 pub const UPSTREAM_EJECTIONS: &str = "sluice_upstream_ejections_total";
 pub const UPSTREAM_RETRIES: &str = "sluice_upstream_retries_total";
+pub const UPSTREAM_WAITS: &str = "sluice_upstream_endpoint_waits_total";
 pub const AUTH_REJECTED: &str = "sluice_auth_rejected_total";
 pub const TENANT_REQUESTS: &str = "sluice_tenant_requests_total";
 pub const CONNECTIONS_OPEN: &str = "sluice_connections_open";
@@ -104,6 +105,7 @@ pub const ALL: &[MetricDef] = &[
     def(UPSTREAM_AVAILABLE, Kind::Gauge, "1 when an upstream endpoint takes traffic (healthy, not ejected, metadata agrees), else 0."),
     def(UPSTREAM_EJECTIONS, Kind::Counter, "Times an upstream endpoint was taken out of rotation: after failed requests in a row (reason failures, passive outlier ejection) or failed active health checks (reason health_check)."),
     def(UPSTREAM_RETRIES, Kind::Counter, "Retries of requests to a pool, by result: sent (to another endpoint), budget_exhausted (not sent: the retry budget was spent), deadline (not sent: no time left)."),
+    def(UPSTREAM_WAITS, Kind::Counter, "Requests that found no usable endpoint in their pool and waited for one (upstreams.wait_for_endpoint), by result: found (one became usable in time), timed_out (answered 503)."),
     def(AUTH_REJECTED, Kind::Counter, "Requests refused by authentication, by reason: missing (no key, 401), invalid (unknown key, 401), forbidden (key without the route's scope, 403), rate_limited (the tenant's rate limit, 429; with a tenant label)."),
     def(TENANT_REQUESTS, Kind::Counter, "Requests admitted per authenticated tenant and plane (data, admin)."),
     def(CONNECTIONS_OPEN, Kind::Gauge, "Connections open on a listener (http, grpc, admin), TLS handshakes in progress included; at most server.max_connections."),

@@ -84,12 +84,17 @@ pub struct Pool {
     retries_sent: Counter,
     retries_budget: Counter,
     retries_deadline: Counter,
+    /// Woken when a round of checks leaves an endpoint usable, for requests waiting for one (`wait_for_endpoint`).
+    usable: tokio::sync::Notify,
+    waits_found: Counter,
+    waits_timed_out: Counter,
 }
 
 impl Pool {
     /// Sets the pool up (resolving its DNS name once, if it has one) without contacting any endpoint.
     pub async fn new(config: &UpstreamConfig, metrics: &Metrics, max_message_bytes: usize, limits: DecodeLimits) -> Result<Arc<Pool>, PoolError> {
         let retries = |result: &'static str| metrics.counter(catalogue::UPSTREAM_RETRIES, &[("pool", config.name.as_str()), ("result", result)]);
+        let waits = |result: &'static str| metrics.counter(catalogue::UPSTREAM_WAITS, &[("pool", config.name.as_str()), ("result", result)]);
         let pool = Arc::new(Pool {
             name: config.name.clone(),
             config: config.clone(),
@@ -103,6 +108,9 @@ impl Pool {
             retries_sent: retries("sent"),
             retries_budget: retries("budget_exhausted"),
             retries_deadline: retries("deadline"),
+            usable: tokio::sync::Notify::new(),
+            waits_found: waits("found"),
+            waits_timed_out: waits("timed_out"),
         });
         let addresses = match &config.dns {
             None => config.endpoints.clone(),
@@ -257,7 +265,7 @@ impl Pool {
         F: Fn(Arc<Endpoint>) -> Fut,
         Fut: std::future::Future<Output = Result<T, AttemptError>>,
     {
-        let deadline = Instant::now() + self.config.timeout;
+        let mut deadline = Instant::now() + self.config.timeout;
         self.budget.deposit();
         // The endpoints tried before this round (the last one is pushed only when a retry comes: most requests
         // succeed at once and never allocate the list).
@@ -265,7 +273,7 @@ impl Pool {
         let mut current: Option<Arc<Endpoint>> = None;
         let mut last: Option<(AttemptError, String)> = None;
         for round in 0..self.config.max_attempts {
-            let now = Instant::now();
+            let mut now = Instant::now();
             tried.extend(current.take());
             if round > 0 {
                 let Some((err, _)) = &last else { break };
@@ -282,9 +290,24 @@ impl Pool {
                 }
                 self.retries_sent.increment(1);
             }
-            let Some(endpoint) = self.pick(&tried, now) else {
+            let picked = match self.pick(&tried, now) {
+                Some(endpoint) => Some(endpoint),
+                // Nothing usable before the first attempt: every worker is gone or scaled to zero. Wait for one if
+                // the pool says so; the attempts' deadline then counts from the end of the wait.
+                None if last.is_none() => self.wait_for_endpoint().await.map(|(endpoint, found_at)| {
+                    deadline = found_at + self.config.timeout;
+                    now = found_at;
+                    endpoint
+                }),
+                None => None,
+            };
+            let Some(endpoint) = picked else {
                 if last.is_none() {
-                    return Err(UpstreamError::Unavailable { pool: self.name.clone(), last: "no endpoint is available".into() });
+                    let last = match self.config.wait_for_endpoint.is_zero() {
+                        true => "no endpoint is available".to_string(),
+                        false => format!("no endpoint became available within {:?} (upstreams.wait_for_endpoint)", self.config.wait_for_endpoint),
+                    };
+                    return Err(UpstreamError::Unavailable { pool: self.name.clone(), last });
                 }
                 break;
             };
@@ -360,6 +383,30 @@ impl Pool {
         }
     }
 
+    /// Waits up to `wait_for_endpoint` for an endpoint that may be used, when none may be now; returns it with the
+    /// time it was picked. `None` at once when the pool does not wait.
+    async fn wait_for_endpoint(&self) -> Option<(Arc<Endpoint>, Instant)> {
+        if self.config.wait_for_endpoint.is_zero() {
+            return None;
+        }
+        let until = tokio::time::Instant::now() + self.config.wait_for_endpoint;
+        loop {
+            // Registered before the endpoints are looked at, so a round of checks that ends in between is not missed.
+            let usable = self.usable.notified();
+            tokio::pin!(usable);
+            usable.as_mut().enable();
+            let now = Instant::now();
+            if let Some(endpoint) = self.pick(&[], now) {
+                self.waits_found.increment(1);
+                return Some((endpoint, now));
+            }
+            if tokio::time::timeout_at(until, usable).await.is_err() {
+                self.waits_timed_out.increment(1);
+                return None;
+            }
+        }
+    }
+
     /// Keeps the pool fresh until it is dropped: DNS every `dns_refresh`, health checks and verification every
     /// `health.interval`.
     pub fn spawn_upkeep(self: &Arc<Self>) {
@@ -405,6 +452,9 @@ impl Pool {
                     pool.verify(&endpoint).await;
                 }
                 endpoint.publish(Instant::now());
+                if endpoint.is_usable() {
+                    pool.usable.notify_waiters();
+                }
             });
         }
         while checks.join_next().await.is_some() {}

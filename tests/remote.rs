@@ -405,6 +405,51 @@ async fn a_pool_scaled_to_zero_holds_requests_until_a_worker_is_back() {
     assert_eq!(metric(&text, "sluice_upstream_endpoint_waits_total", &[("result", "timed_out")]), 0.0, "{text}");
 }
 
+/// With the model's metadata declared in the configuration, a gateway starts while its pool has no worker at all
+/// (scaled to zero), holds requests, and serves them once a worker is up; a worker that disagrees with the declared
+/// metadata gets no traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_declared_signatures_starts_with_no_worker() {
+    let declare = |output: &str| {
+        let tensor = |name: &str| sluice::config::DeclaredTensor { name: name.into(), datatype: "FP32".into(), shape: vec![-1, 256] };
+        sluice::config::DeclaredSignature { version: None, inputs: vec![tensor("input")], outputs: vec![tensor(output)] }
+    };
+    // Its ports are chosen, nothing listens on them yet.
+    let mut worker = WorkerProcess { http: free_port(), grpc: free_port(), child: None };
+    let endpoint = format!("127.0.0.1:{}", worker.http);
+    let mut config = pool(vec![endpoint.clone()], UpstreamProtocol::Http);
+    config.signatures.insert("identity".into(), declare("output"));
+    config.wait_for_endpoint = Duration::from_secs(30);
+    config.startup_timeout = Duration::from_secs(60);
+    let started = Instant::now();
+    let gateway = Arc::new(start_gateway(config).await);
+    assert!(started.elapsed() < Duration::from_secs(5), "the start took {:?}: it waited for a worker", started.elapsed());
+    assert_eq!(gateway.get("/v2/health/ready").await.status, StatusCode::OK);
+    let metadata = gateway.get("/v2/models/identity").await.json();
+    assert_eq!(metadata["outputs"][0]["name"], "output", "{metadata}");
+    assert_eq!(metadata["inputs"][0]["shape"], json!([-1, 256]), "{metadata}");
+
+    let held = {
+        let g = gateway.clone();
+        tokio::spawn(async move { g.infer("identity", &identity_request(5.0)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!held.is_finished(), "answered while no worker was up");
+    worker.restart();
+    let r = tokio::time::timeout(Duration::from_secs(20), held).await.expect("answered once the worker was up").expect("request task");
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(first_output(&r), 5.0);
+
+    // Declared wrong (an output the worker does not have): that worker is never used.
+    let mut config = pool(vec![endpoint.clone()], UpstreamProtocol::Http);
+    config.signatures.insert("identity".into(), declare("logits"));
+    let wrong = start_gateway(config).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let r = wrong.infer("identity", &identity_request(1.0)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(worker_count(worker.http).await, 1, "only the first gateway's request reached the worker");
+}
+
 /// Without `wait_for_endpoint`, a pool with no usable endpoint answers 503 at once, saying so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_with_no_usable_endpoint_answers_503_at_once_unless_told_to_wait() {

@@ -9,7 +9,7 @@ mod upstream;
 pub use auth::{AuthConfig, Scope, TenantConfig};
 pub use repository::{RepositoryConfig, WarmupData, WarmupFile};
 pub use tls::{ClientAuth, TlsConfig};
-pub use upstream::{EjectionConfig, HealthCheckConfig, UpstreamConfig, UpstreamProtocol};
+pub use upstream::{DeclaredSignature, DeclaredTensor, EjectionConfig, HealthCheckConfig, UpstreamConfig, UpstreamProtocol};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -36,6 +36,9 @@ pub struct UpstreamConfig {
     /// Gateway-side settings of a model: the keys of a model.toml (`max_batch_size`, `[dynamic_batching]`, `[queue]`,
     /// `[cache]`, `idempotent`). Without them the gateway queues but does not batch (the upstream batches).
     pub model_settings: BTreeMap<String, ModelFile>,
+    /// A model's metadata written here instead of asked of the workers at start, so that the gateway can start
+    /// while the pool has no worker (scaled to zero). Workers are still checked against it before they get traffic.
+    pub signatures: BTreeMap<String, DeclaredSignature>,
     /// Requests in flight to one endpoint at most; past it the balancer picks another one or waits for a slot.
     pub max_concurrency: usize,
     /// Requests (batches) in flight upstream for one model at most; the rest wait in the gateway's queue, where
@@ -81,6 +84,7 @@ impl Default for UpstreamConfig {
             dns_refresh: Duration::from_secs(5),
             models: Vec::new(),
             model_settings: BTreeMap::new(),
+            signatures: BTreeMap::new(),
             max_concurrency: 64,
             max_outstanding: 256,
             connect_timeout: Duration::from_secs(1),
@@ -95,6 +99,52 @@ impl Default for UpstreamConfig {
             health: HealthCheckConfig::default(),
             ejection: EjectionConfig::default(),
         }
+    }
+}
+
+/// A remote model's metadata as its workers would report it (`GET /v2/models/<m>`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeclaredSignature {
+    /// The upstream version requests go to; unset: the workers' default version (the gateway serves it as 1).
+    pub version: Option<String>,
+    pub inputs: Vec<DeclaredTensor>,
+    pub outputs: Vec<DeclaredTensor>,
+}
+
+/// One input or output: its name, V2 datatype (`FP32`, `INT64`, `BYTES`, ...) and shape (-1 for a variable dimension;
+/// a leading -1 on every tensor makes the model batchable).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredTensor {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+}
+
+impl DeclaredSignature {
+    /// What is wrong with it, if anything.
+    fn problem(&self) -> Option<String> {
+        if self.inputs.is_empty() || self.outputs.is_empty() {
+            return Some("needs at least one input and one output".into());
+        }
+        for (kind, tensors) in [("input", &self.inputs), ("output", &self.outputs)] {
+            for (i, t) in tensors.iter().enumerate() {
+                if t.name.is_empty() || tensors[..i].iter().any(|o| o.name == t.name) {
+                    return Some(format!("{kind} names must be unique and not empty ('{}')", t.name));
+                }
+                if crate::tensor::DataType::from_v2_name(&t.datatype).is_none() {
+                    return Some(format!("{kind} '{}': '{}' is not a V2 datatype (BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64, BYTES)", t.name, t.datatype));
+                }
+                if t.shape.iter().any(|&d| d < -1) {
+                    return Some(format!("{kind} '{}': dimensions are -1 (variable) or 0 and above", t.name));
+                }
+            }
+        }
+        if self.version.as_deref().is_some_and(|v| v.parse::<u64>().map_or(true, |v| v == 0)) {
+            return Some("version must be a positive number".into());
+        }
+        None
     }
 }
 
@@ -170,6 +220,14 @@ impl UpstreamConfig {
         if let Some(extra) = self.model_settings.keys().find(|k| !self.models.contains(k)) {
             return Err(invalid("upstreams.model_settings", format!("names '{extra}', which is not in upstreams.models")));
         }
+        if let Some(extra) = self.signatures.keys().find(|k| !self.models.contains(k)) {
+            return Err(invalid("upstreams.signatures", format!("names '{extra}', which is not in upstreams.models")));
+        }
+        for (model, declared) in &self.signatures {
+            if let Some(problem) = declared.problem() {
+                return Err(invalid("upstreams.signatures", format!("model '{model}': {problem}")));
+            }
+        }
         if self.max_concurrency == 0 {
             return Err(invalid("upstreams.max_concurrency", "must be at least 1".into()));
         }
@@ -235,6 +293,7 @@ mod tests {
     fn a_minimal_pool_is_valid_and_mistakes_name_the_key() {
         pool("name = 'w'\nendpoints = ['127.0.0.1:9000']\nmodels = ['identity']").unwrap();
         pool("name = 'w'\ndns = 'workers.ml.svc:8000'\nmodels = ['identity']").unwrap();
+        pool("name = 'w'\nendpoints = ['a:1']\nmodels = ['m']\n[signatures.m]\nversion = '2'\ninputs = [{name = 'x', datatype = 'FP32', shape = [-1, 4]}]\noutputs = [{name = 'y', datatype = 'INT64', shape = [-1]}]").unwrap();
         let waiting: UpstreamConfig = toml::from_str("name = 'w'\ndns = 'w:1'\nmodels = ['m']\nwait_for_endpoint = '2m'").unwrap();
         assert_eq!(waiting.wait_for_endpoint, Duration::from_secs(120));
         assert_eq!(UpstreamConfig::default().wait_for_endpoint, Duration::ZERO, "by default a pool with no worker answers at once");
@@ -248,6 +307,11 @@ mod tests {
             ("name = 'w'\nendpoints = ['a:1']\nmodels = ['m']\nmax_attempts = 0", "upstreams.max_attempts"),
             ("name = 'w'\nendpoints = ['a:1']\nmodels = ['m']\n[model_settings.other]\nmax_batch_size = 4", "upstreams.model_settings"),
             ("name = 'w'\nendpoints = ['a:1']\nmodels = ['m']\n[ejection]\nbase_time = '2s'\nmax_time = '1s'", "upstreams.ejection.max_time"),
+            ("name = 'w'\nendpoints = ['a:1']\nmodels = ['m']\n[signatures.other]\ninputs = [{name = 'x', datatype = 'FP32', shape = [1]}]\noutputs = [{name = 'y', datatype = 'FP32', shape = [1]}]", "upstreams.signatures"),
+            ("name = 'w'\nendpoints = ['a:1']\nmodels = ['m']\n[signatures.m]\ninputs = [{name = 'x', datatype = 'FLOAT', shape = [1]}]\noutputs = [{name = 'y', datatype = 'FP32', shape = [1]}]", "upstreams.signatures"),
+            ("name = 'w'\nendpoints = ['a:1']\nmodels = ['m']\n[signatures.m]\ninputs = [{name = 'x', datatype = 'FP32', shape = [-2]}]\noutputs = [{name = 'y', datatype = 'FP32', shape = [1]}]", "upstreams.signatures"),
+            ("name = 'w'\nendpoints = ['a:1']\nmodels = ['m']\n[signatures.m]\ninputs = [{name = 'x', datatype = 'FP32', shape = [1]}]", "upstreams.signatures"),
+            ("name = 'w'\nendpoints = ['a:1']\nmodels = ['m']\n[signatures.m]\nversion = '0'\ninputs = [{name = 'x', datatype = 'FP32', shape = [1]}]\noutputs = [{name = 'y', datatype = 'FP32', shape = [1]}]", "upstreams.signatures"),
         ] {
             let err = pool(text).unwrap_err();
             assert!(err.contains(&format!("`{key}`")), "{text}: {err}");

@@ -89,10 +89,18 @@ pub async fn load_pool(
             file
         })
         .collect();
-    // The models are looked for side by side (each may wait for a worker up to `startup_timeout`).
-    let specs = futures_util::future::try_join_all(
-        config.models.iter().zip(&files).map(|(name, file)| pool.discover(name, file.idempotent.unwrap_or(true))),
-    )
+    // Declared models need no worker; the others are looked for side by side (each may wait for a worker up to
+    // `startup_timeout`).
+    let specs = futures_util::future::try_join_all(config.models.iter().zip(&files).map(|(name, file)| {
+        let idempotent = file.idempotent.unwrap_or(true);
+        let pool = pool.clone();
+        async move {
+            match config.signatures.get(name) {
+                Some(declared) => Ok(pool.declare(name, declared, idempotent)),
+                None => pool.discover(name, idempotent).await,
+            }
+        }
+    }))
     .await?;
     let mut loaded = Vec::new();
     for ((name, spec), file) in config.models.iter().zip(specs).zip(files) {
@@ -110,6 +118,7 @@ pub async fn load_pool(
             pool = %config.name,
             model = %name,
             upstream_version = spec.version.as_deref().unwrap_or("default"),
+            metadata = if config.signatures.contains_key(name) { "declared" } else { "from the workers" },
             endpoints = pool.endpoints().len(),
             gateway_batching = settings.max_batch_size,
             "remote model ready"

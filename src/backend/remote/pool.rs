@@ -6,12 +6,12 @@ use super::budget::RetryBudget;
 use super::endpoint::{Endpoint, OUTCOMES};
 use super::error::{AttemptError, UpstreamError};
 use super::transport::{self, EndpointClient, HttpClient, Prepared};
-use crate::backend::{ModelSignature, RawAnswer, RawInfer};
-use crate::config::UpstreamConfig;
+use crate::backend::{ModelSignature, RawAnswer, RawInfer, TensorSpec};
+use crate::config::{DeclaredSignature, UpstreamConfig};
 use crate::metrics::{catalogue, Metrics};
 use crate::protocol::json::DecodeLimits;
 use crate::protocol::NamedTensor;
-use crate::tensor::Tensor;
+use crate::tensor::{DataType, Tensor};
 use ::metrics::Counter;
 use parking_lot::RwLock;
 use rand::Rng;
@@ -206,6 +206,24 @@ impl Pool {
         let spec = Arc::new(RemoteModelSpec { name: model.into(), version, signature: reference.signature, idempotent, infer_path });
         self.models.write().push(spec.clone());
         Ok(spec)
+    }
+
+    /// Serves `model` with the metadata the configuration declares (`upstreams.signatures`), asking no endpoint: the
+    /// gateway can start with no worker up. Endpoints are checked against it like against a discovered one.
+    pub fn declare(&self, model: &str, declared: &DeclaredSignature, idempotent: bool) -> Arc<RemoteModelSpec> {
+        // The configuration was validated: every datatype parses.
+        let specs = |tensors: &[crate::config::DeclaredTensor]| {
+            tensors
+                .iter()
+                .filter_map(|t| Some(TensorSpec { name: t.name.clone(), dtype: DataType::from_v2_name(&t.datatype)?, dims: t.shape.clone() }))
+                .collect()
+        };
+        let signature = ModelSignature { inputs: specs(&declared.inputs), outputs: specs(&declared.outputs) };
+        let version = declared.version.clone();
+        let infer_path = transport::infer_path(model, version.as_deref());
+        let spec = Arc::new(RemoteModelSpec { name: model.into(), version, signature, idempotent, infer_path });
+        self.models.write().push(spec.clone());
+        spec
     }
 
     fn metadata_timeout(&self) -> Duration {

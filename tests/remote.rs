@@ -69,6 +69,8 @@ enum Behaviour {
     Hang,
     /// Never answers inference requests; the rest (health checks, metadata) is forwarded.
     HangInfer,
+    /// Answers readiness checks 503 at once; the rest is forwarded.
+    Unready,
     /// Answers inference requests 200 with a body that is not V2; the rest is forwarded.
     Garbage,
     /// Answers inference requests with this status and a V2 error body; the rest is forwarded.
@@ -125,6 +127,11 @@ async fn proxy_one(req: Request<hyper::body::Incoming>, target: SocketAddr, beha
     match behaviour {
         Behaviour::Hang => std::future::pending::<()>().await,
         Behaviour::HangInfer if is_infer => std::future::pending::<()>().await,
+        Behaviour::Unready if req.uri().path() == "/v2/health/ready" => {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return r;
+        }
         Behaviour::Garbage if is_infer => return Response::new(Full::new(Bytes::from_static(b"<html>this is not a V2 answer</html>"))),
         Behaviour::Status(code) if is_infer => {
             let mut r = Response::new(Full::new(Bytes::from(json!({"error": format!("test proxy says {code}")}).to_string())));
@@ -642,6 +649,27 @@ async fn a_clients_deadline_or_hang_up_ends_its_upstream_attempt() {
     proxy.set(Behaviour::Forward(Duration::ZERO));
     let r = gateway.infer("identity", &identity_request(3.0)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// Health checks run per endpoint: one whose checks hang (each until a 3 s timeout) does not slow down the checks
+/// of another, which is taken out of rotation within a few check intervals of failing them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_endpoint_does_not_slow_the_health_checks_of_the_others() {
+    let worker = start_models().await;
+    let slow = Proxy::start(worker.addr, Behaviour::Forward(Duration::ZERO)).await;
+    let other = Proxy::start(worker.addr, Behaviour::Forward(Duration::ZERO)).await;
+    let mut config = pool(vec![slow.addr.to_string(), other.addr.to_string()], UpstreamProtocol::Http);
+    config.health.timeout = Duration::from_secs(3);
+    let gateway = start_gateway(config).await;
+    let other_label = other.addr.to_string();
+    let available = |t: &str| metric(t, "sluice_upstream_available", &[("endpoint", &other_label)]);
+    wait_for_metric(&gateway, Duration::from_secs(3), |t| available(t) == 1.0).await.expect("both endpoints start available");
+    slow.set(Behaviour::Hang);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    other.set(Behaviour::Unready);
+    let out = wait_for_metric(&gateway, Duration::from_secs(5), |t| available(t) == 0.0).await.expect("the unready endpoint stayed in rotation");
+    // Two failed checks 100 ms apart; a round that waited for the hanging endpoint would take 3 s per check.
+    assert!(out < Duration::from_millis(1500), "taken out {out:?} after it turned unready");
 }
 
 /// Garbage from the only worker is a 502 that says what was wrong, over HTTP and gRPC; the gateway keeps serving.

@@ -6,7 +6,7 @@ use crate::config::{EjectionConfig, HealthCheckConfig};
 use crate::metrics::upstream::{Ejection, EndpointStats};
 use crate::metrics::Metrics;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -51,6 +51,8 @@ pub struct Endpoint {
     health: Mutex<Health>,
     /// Its series on `/metrics`, gone once the endpoint leaves its pool and its last attempt ends.
     metrics: Arc<EndpointStats>,
+    /// A health check (and metadata check) of it is running: the next round skips it rather than wait.
+    checking: AtomicBool,
 }
 
 /// An attempt in flight: counted as outstanding until dropped.
@@ -93,6 +95,7 @@ impl Endpoint {
                 mismatch: None,
             }),
             metrics: endpoint_metrics,
+            checking: AtomicBool::new(false),
         }
     }
 
@@ -199,6 +202,16 @@ impl Endpoint {
         self.metrics.set_available(false);
         tracing::warn!(endpoint = %self.address, ejected_for = ?time, "upstream endpoint ejected after failures in a row");
         true
+    }
+
+    /// Marks a check of this endpoint as running; `false` when one already is.
+    pub fn begin_check(&self) -> bool {
+        !self.checking.swap(true, Ordering::AcqRel)
+    }
+
+    /// The check [`Endpoint::begin_check`] marked has ended.
+    pub fn end_check(&self) {
+        self.checking.store(false, Ordering::Release);
     }
 
     /// Applies one active health check's result.

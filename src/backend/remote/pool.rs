@@ -452,22 +452,27 @@ impl Pool {
                         }
                     }
                 }
-                pool.check_all().await;
+                pool.check_all();
             }
         });
     }
 
-    /// One round of health checks on every endpoint at once; ready but unverified endpoints get verified.
-    async fn check_all(self: &Arc<Self>) {
-        let mut checks = tokio::task::JoinSet::new();
-        for endpoint in self.endpoints().iter().cloned() {
-            let pool = self.clone();
-            checks.spawn(async move {
+    /// Starts a health check of every endpoint whose previous check has ended; ready but unverified endpoints get
+    /// verified. Checks run on their own and are not waited for, so an endpoint that is slow to answer its checks
+    /// or its metadata delays only its own next check, not the others'.
+    fn check_all(self: &Arc<Self>) {
+        for endpoint in self.endpoints().iter() {
+            if !endpoint.begin_check() {
+                continue;
+            }
+            let (pool, endpoint) = (self.clone(), CheckRunning(endpoint.clone()));
+            tokio::spawn(async move {
+                let endpoint = &endpoint.0;
                 let ready = matches!(tokio::time::timeout(pool.config.health.timeout, endpoint.client.ready()).await, Ok(true));
                 endpoint.checked(ready, &pool.config.health);
                 endpoint.client.prune();
                 if ready && (!endpoint.is_verified() || endpoint.is_mismatched()) {
-                    pool.verify(&endpoint).await;
+                    pool.verify(endpoint).await;
                 }
                 endpoint.publish(Instant::now());
                 if endpoint.is_usable() {
@@ -475,7 +480,15 @@ impl Pool {
                 }
             });
         }
-        while checks.join_next().await.is_some() {}
+    }
+}
+
+/// An endpoint whose check is running: marks the check ended when dropped, however the check task ends.
+struct CheckRunning(Arc<Endpoint>);
+
+impl Drop for CheckRunning {
+    fn drop(&mut self) {
+        self.0.end_check();
     }
 }
 

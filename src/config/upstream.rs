@@ -141,8 +141,9 @@ impl DeclaredSignature {
                 }
             }
         }
-        if self.version.as_deref().is_some_and(|v| v.parse::<u64>().map_or(true, |v| v == 0)) {
-            return Some("version must be a positive number".into());
+        // Written as the workers spell it in paths: no sign, no leading zero.
+        if self.version.as_deref().is_some_and(|v| v.parse::<u64>().map_or(true, |n| n == 0 || n.to_string() != v)) {
+            return Some("version must be a positive whole number, as the workers list it (\"2\", not \"02\")".into());
         }
         None
     }
@@ -248,6 +249,18 @@ impl UpstreamConfig {
                 return Err(invalid(key, "must be above zero".into()));
             }
         }
+        // Deadlines are computed as now + these: absurd values would overflow the clock.
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        for (key, value, most) in [
+            ("upstreams.timeout", self.timeout, DAY),
+            ("upstreams.try_timeout", self.try_timeout, DAY),
+            ("upstreams.startup_timeout", self.startup_timeout, DAY),
+            ("upstreams.wait_for_endpoint", self.wait_for_endpoint, Duration::from_secs(3600)),
+        ] {
+            if value > most {
+                return Err(invalid(key, format!("must be at most {}", humantime::format_duration(most))));
+            }
+        }
         if self.max_attempts == 0 || self.max_attempts > 10 {
             return Err(invalid("upstreams.max_attempts", "must be between 1 and 10".into()));
         }
@@ -311,6 +324,9 @@ mod tests {
             ("name = 'w'\nendpoints = ['a:1']\nmodels = ['m']\n[signatures.m]\ninputs = [{name = 'x', datatype = 'FLOAT', shape = [1]}]\noutputs = [{name = 'y', datatype = 'FP32', shape = [1]}]", "upstreams.signatures"),
             ("name = 'w'\nendpoints = ['a:1']\nmodels = ['m']\n[signatures.m]\ninputs = [{name = 'x', datatype = 'FP32', shape = [-2]}]\noutputs = [{name = 'y', datatype = 'FP32', shape = [1]}]", "upstreams.signatures"),
             ("name = 'w'\nendpoints = ['a:1']\nmodels = ['m']\n[signatures.m]\ninputs = [{name = 'x', datatype = 'FP32', shape = [1]}]", "upstreams.signatures"),
+            ("name = 'w'\nendpoints = ['a:1']\nmodels = ['m']\nwait_for_endpoint = '2h'", "upstreams.wait_for_endpoint"),
+            ("name = 'w'\nendpoints = ['a:1']\nmodels = ['m']\ntimeout = '400000000y'", "upstreams.timeout"),
+            ("name = 'w'\nendpoints = ['a:1']\nmodels = ['m']\n[signatures.m]\nversion = '02'\ninputs = [{name = 'x', datatype = 'FP32', shape = [1]}]\noutputs = [{name = 'y', datatype = 'FP32', shape = [1]}]", "upstreams.signatures"),
             ("name = 'w'\nendpoints = ['a:1']\nmodels = ['m']\n[signatures.m]\nversion = '0'\ninputs = [{name = 'x', datatype = 'FP32', shape = [1]}]\noutputs = [{name = 'y', datatype = 'FP32', shape = [1]}]", "upstreams.signatures"),
         ] {
             let err = pool(text).unwrap_err();

@@ -76,8 +76,14 @@ impl EndpointStats {
         self.duration_nanos.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
-    pub fn set_outstanding(&self, attempts: usize) {
-        self.outstanding.store(attempts as u64, Ordering::Relaxed);
+    /// An attempt began (counted as outstanding until [`EndpointStats::attempt_ended`]). Counted up and down here
+    /// rather than copied from the balancer's own count, so that racing attempts cannot leave a stale value.
+    pub fn attempt_began(&self) {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn attempt_ended(&self) {
+        self.outstanding.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn set_available(&self, available: bool) {
@@ -196,7 +202,10 @@ mod tests {
         let b = registry.register("p", "10.0.0.2:8000", &OUTCOMES);
         a.attempt(0, Duration::from_micros(300));
         a.attempt(1, Duration::from_secs(30));
-        a.set_outstanding(3);
+        for _ in 0..4 {
+            a.attempt_began();
+        }
+        a.attempt_ended();
         a.set_available(true);
         a.ejected(Ejection::HealthCheck);
         let mut text = String::new();

@@ -38,6 +38,8 @@ struct Health {
     verified: bool,
     /// Its metadata disagreed: never used.
     mismatch: Option<String>,
+    /// Why its metadata could not be checked, as last logged.
+    unverified_because: Option<String>,
 }
 
 pub struct Endpoint {
@@ -64,8 +66,8 @@ pub struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        let left = self.endpoint.outstanding.fetch_sub(1, Ordering::AcqRel) - 1;
-        self.endpoint.metrics.set_outstanding(left);
+        self.endpoint.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.endpoint.metrics.attempt_ended();
     }
 }
 
@@ -93,6 +95,7 @@ impl Endpoint {
                 ejections: 0,
                 verified: false,
                 mismatch: None,
+                unverified_because: None,
             }),
             metrics: endpoint_metrics,
             checking: AtomicBool::new(false),
@@ -147,8 +150,8 @@ impl Endpoint {
     }
 
     fn in_flight(&self, slot: OwnedSemaphorePermit, started: Instant) -> InFlight<'_> {
-        let outstanding = self.outstanding.fetch_add(1, Ordering::AcqRel) + 1;
-        self.metrics.set_outstanding(outstanding);
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        self.metrics.attempt_began();
         InFlight { endpoint: self, started, _slot: slot }
     }
 
@@ -237,9 +240,20 @@ impl Endpoint {
         }
     }
 
-    /// Its metadata could not be checked: no traffic until it is.
+    /// Its metadata must be checked (again) before it gets traffic.
     pub fn unverify(&self) {
         self.health.lock().verified = false;
+    }
+
+    /// It passed its health check but could not answer a model's metadata (the model or the declared version is not
+    /// there, or it did not answer in time): no traffic until it can. Logged when the reason changes, not every round.
+    pub fn verification_failed(&self, reason: String) {
+        let mut h = self.health.lock();
+        h.verified = false;
+        if h.unverified_because.as_deref() != Some(reason.as_str()) {
+            tracing::warn!(endpoint = %self.address, %reason, "upstream endpoint is ready but its metadata cannot be checked: it gets no traffic");
+            h.unverified_because = Some(reason);
+        }
     }
 
     /// The endpoint's metadata agrees with the pool's (`Ok`) or not (`Err` with the difference). A later agreement
@@ -251,6 +265,7 @@ impl Endpoint {
                 if h.mismatch.take().is_some() {
                     tracing::info!(endpoint = %self.address, "upstream endpoint's metadata agrees again");
                 }
+                h.unverified_because = None;
                 h.verified = true;
             }
             Err(difference) => {

@@ -133,7 +133,11 @@ pub async fn load_pool(
             fingerprint: *hasher.finalize().as_bytes(),
         });
     }
-    pool.verify_all().await;
+    // Endpoints that answered are checked against the models found. A pool whose models are all declared asks no
+    // worker at start: its first upkeep round, at once, checks them.
+    if config.models.iter().any(|m| !config.signatures.contains_key(m)) {
+        pool.verify_all().await;
+    }
     pool.spawn_upkeep();
     Ok(loaded)
 }

@@ -78,6 +78,9 @@ pub struct Pool {
     metrics: Metrics,
     /// Replaced as a whole when DNS changes the set, so a pick reads one consistent list.
     endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
+    /// Endpoints DNS dropped that attempts or checks may still hold. One that DNS lists again is taken back rather
+    /// than made anew, so an address never has two endpoints (nor two sets of series on `/metrics`).
+    departed: parking_lot::Mutex<Vec<Weak<Endpoint>>>,
     /// The models served, which every endpoint's metadata must match before it gets traffic.
     models: RwLock<Vec<Arc<RemoteModelSpec>>>,
     budget: RetryBudget,
@@ -103,6 +106,7 @@ impl Pool {
             limits,
             metrics: metrics.clone(),
             endpoints: RwLock::new(Arc::new(Vec::new())),
+            departed: parking_lot::Mutex::new(Vec::new()),
             models: RwLock::new(Vec::new()),
             budget: RetryBudget::new(config.retry_budget, config.min_retries_per_second),
             retries_sent: retries("sent"),
@@ -130,23 +134,33 @@ impl Pool {
     /// Replaces the endpoint set, keeping the state of addresses already known.
     fn set_addresses(&self, addresses: Vec<String>) -> Result<(), PoolError> {
         let current = self.endpoints();
+        let mut departed = self.departed.lock();
+        departed.retain(|e| e.strong_count() > 0);
         let mut next = Vec::with_capacity(addresses.len());
         for address in addresses {
             if next.iter().any(|e: &Arc<Endpoint>| e.address == address) {
                 continue;
             }
-            match current.iter().find(|e| e.address == address) {
-                Some(known) => next.push(known.clone()),
-                None => {
-                    let client = EndpointClient::new(&self.config, &address, &self.http, self.max_message_bytes)
-                        .map_err(|message| PoolError::Setup { pool: self.name.clone(), message })?;
-                    next.push(Arc::new(Endpoint::new(&self.name, address, client, self.config.max_concurrency, &self.metrics)));
-                }
+            if let Some(known) = current.iter().find(|e| e.address == address) {
+                next.push(known.clone());
+                continue;
             }
+            if let Some(back) = departed.iter().filter_map(Weak::upgrade).find(|e| e.address == address) {
+                // Possibly another server now (a new pod on a reused IP): its metadata is checked again first.
+                back.unverify();
+                tracing::info!(pool = %self.name, endpoint = %address, "upstream endpoint is back in the pool");
+                next.push(back);
+                continue;
+            }
+            let client = EndpointClient::new(&self.config, &address, &self.http, self.max_message_bytes)
+                .map_err(|message| PoolError::Setup { pool: self.name.clone(), message })?;
+            next.push(Arc::new(Endpoint::new(&self.name, address, client, self.config.max_concurrency, &self.metrics)));
         }
+        departed.retain(|e| e.upgrade().is_some_and(|e| !next.iter().any(|n| Arc::ptr_eq(n, &e))));
         for gone in current.iter().filter(|e| !next.iter().any(|n| Arc::ptr_eq(n, e))) {
             tracing::info!(pool = %self.name, endpoint = %gone.address, "upstream endpoint left the pool");
             gone.publish_gone();
+            departed.push(Arc::downgrade(gone));
         }
         *self.endpoints.write() = Arc::new(next);
         Ok(())
@@ -441,8 +455,7 @@ impl Pool {
                 if let Some(dns) = pool.config.dns.clone() {
                     if resolved.elapsed() >= dns_refresh {
                         resolved = Instant::now();
-                        let resolved_now = tokio::time::timeout(Duration::from_secs(5), resolve(&dns)).await;
-                        match resolved_now.unwrap_or_else(|_| Err(std::io::Error::other("no answer within 5 s"))) {
+                        match resolve(&dns).await {
                             Ok(addresses) => {
                                 if let Err(e) = pool.set_addresses(addresses) {
                                     tracing::warn!(pool = %pool.name, error = %e, "cannot update the upstream endpoints");
@@ -507,8 +520,13 @@ async fn verify_endpoint(endpoint: &Endpoint, models: &[Arc<RemoteModelSpec>], t
                     return;
                 }
             }
-            _ => {
-                endpoint.unverify();
+            Ok(Err(e)) => {
+                endpoint.verification_failed(format!("model '{}': {e}", model.name));
+                endpoint.publish(Instant::now());
+                return;
+            }
+            Err(_) => {
+                endpoint.verification_failed(format!("model '{}': no metadata answer within {timeout:?}", model.name));
                 endpoint.publish(Instant::now());
                 return;
             }
@@ -521,9 +539,15 @@ async fn verify_endpoint(endpoint: &Endpoint, models: &[Arc<RemoteModelSpec>], t
 /// A test an endpoint passes to be a candidate.
 type EndpointFilter<'a> = dyn Fn(&&Arc<Endpoint>) -> bool + 'a;
 
+/// Longest wait for a DNS answer: the system resolver has its own retries, but a start or an upkeep round must not
+/// hang on it.
+const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Resolves `host:port` to `ip:port` strings, sorted (so an unchanged answer keeps the same order).
 async fn resolve(name: &str) -> std::io::Result<Vec<String>> {
-    let mut addresses: Vec<String> = tokio::net::lookup_host(name).await?.map(|a| a.to_string()).collect();
+    let answer = tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host(name)).await;
+    let answer = answer.map_err(|_| std::io::Error::other(format!("no answer within {DNS_TIMEOUT:?}")))??;
+    let mut addresses: Vec<String> = answer.map(|a| a.to_string()).collect();
     addresses.sort();
     addresses.dedup();
     Ok(addresses)
@@ -554,6 +578,11 @@ mod tests {
         pool.set_addresses(vec!["127.0.0.1:9".into(), "127.0.0.1:11".into()]).expect("new set");
         let text = render();
         assert!(text.contains(&series("127.0.0.1:10")) && text.contains(&series("127.0.0.1:11")), "{text}");
+        // Listed again while an attempt still holds it: the same endpoint comes back, with one set of series.
+        pool.set_addresses(vec!["127.0.0.1:9".into(), "127.0.0.1:10".into(), "127.0.0.1:11".into()]).expect("back");
+        assert!(pool.endpoints().iter().any(|e| Arc::ptr_eq(e, &leaving)), "the departed endpoint was not taken back");
+        assert_eq!(render().matches(&series("127.0.0.1:10")).count(), 1);
+        pool.set_addresses(vec!["127.0.0.1:9".into(), "127.0.0.1:11".into()]).expect("gone again");
         drop(leaving);
         let text = render();
         assert!(!text.contains("127.0.0.1:10\""), "{text}");

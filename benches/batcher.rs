@@ -43,7 +43,7 @@ fn bench_scheduler(c: &mut Criterion) {
     let scheduler = runtime.block_on(async { Scheduler::start("echo".into(), &signature, settings(), sluice::backend::Executor::Threads(vec![Box::new(Echo)]), sluice::metrics::ModelMetrics::noop()) });
     let scheduler = std::sync::Arc::new(scheduler);
     let input = Tensor::from_slice(DataType::F32, vec![1, 16], &[0.5f32; 16]).unwrap();
-    let job = || Job { inputs: vec![input.clone()], rows: 1, priority: None, timeout: None };
+    let job = || Job { inputs: vec![input.clone()], rows: 1, priority: None, timeout: None, deadline: None };
 
     let mut g = c.benchmark_group("scheduler");
     g.throughput(Throughput::Elements(1));

@@ -672,6 +672,63 @@ async fn a_hanging_endpoint_does_not_slow_the_health_checks_of_the_others() {
     assert!(out < Duration::from_millis(1500), "taken out {out:?} after it turned unready");
 }
 
+/// A gRPC call to `identity` on `addr` with `deadline`.
+async fn grpc_identity(addr: SocketAddr, deadline: Duration) -> Result<tonic::Response<sluice::protocol::grpc::pb::ModelInferResponse>, tonic::Status> {
+    let mut grpc = sluice::protocol::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("gRPC connect");
+    let data: Vec<f32> = (0..256).map(|i| i as f32).collect();
+    let tensor = sluice::tensor::Tensor::from_slice(sluice::tensor::DataType::F32, vec![1, 256], &data).expect("tensor");
+    let mut request = tonic::Request::new(sluice::protocol::grpc::encode_request("identity", None, None, &[sluice::protocol::NamedTensor { name: "input".into(), tensor }]));
+    request.set_timeout(deadline);
+    grpc.model_infer(request).await
+}
+
+/// A gRPC pool tells its workers how long each attempt is waited for (`grpc-timeout`), lowered to the client's own
+/// deadline: a worker whose batcher would hold a lone request for 5 s runs it before that deadline instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_workers_are_told_the_clients_deadline() {
+    let toml = "max_batch_size = 64\n[dynamic_batching]\nmax_queue_delay = \"5s\"\npreferred_batch_sizes = [64]\n[queue]\ntimeout = \"30s\"\n";
+    let worker = start_repo(TempRepo::new().model("identity", "identity", 1, toml)).await;
+    let mut config = pool(vec![worker.grpc_addr.to_string()], UpstreamProtocol::Grpc);
+    config.try_timeout = Duration::from_secs(10);
+    config.timeout = Duration::from_secs(20);
+    let gateway = start_gateway(config).await;
+    let started = Instant::now();
+    // The answer may or may not beat the deadline by the worker's margin (a few ms); either way the worker ran it.
+    let result = grpc_identity(gateway.grpc_addr, Duration::from_secs(1)).await;
+    assert!(started.elapsed() < Duration::from_millis(2500), "answered after {:?}", started.elapsed());
+    assert_eq!(worker_count(worker.addr.port()).await, 1, "the worker held the request past its deadline: {result:?}");
+}
+
+/// A clients' deadline ends a batch's attempt even though the batch runs in its own task, without blaming the
+/// endpoint: the attempt is counted as `client_deadline`, the endpoint is not ejected and stays available.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_attempt_ends_at_its_clients_deadline_without_blaming_the_endpoint() {
+    let worker = start_models().await;
+    let proxy = Proxy::start(worker.addr, Behaviour::Forward(Duration::ZERO)).await;
+    let endpoint = proxy.addr.to_string();
+    let mut config = pool(vec![endpoint.clone()], UpstreamProtocol::Http);
+    config.try_timeout = Duration::from_secs(8);
+    config.timeout = Duration::from_secs(10);
+    config.ejection.consecutive_failures = 1;
+    let settings: sluice::config::ModelFile = toml::from_str("max_batch_size = 8\n[dynamic_batching]\nmax_queue_delay = \"1ms\"").expect("settings");
+    config.model_settings.insert("identity".into(), settings);
+    let gateway = start_gateway(config).await;
+    proxy.set(Behaviour::HangInfer);
+    let started = Instant::now();
+    let status = grpc_identity(gateway.grpc_addr, Duration::from_millis(600)).await.expect_err("the worker hangs");
+    assert!(matches!(status.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled), "{status:?}");
+    let outstanding = |t: &str| metric(t, "sluice_upstream_outstanding_requests", &[("endpoint", &endpoint)]);
+    wait_for_metric(&gateway, Duration::from_secs(3), |t| outstanding(t) == 0.0).await.expect("the batch's attempt outlived its client");
+    assert!(started.elapsed() < Duration::from_secs(5), "the attempt ended only after {:?} (try_timeout is 8 s)", started.elapsed());
+    let text = String::from_utf8_lossy(&gateway.admin_get("/metrics").await.body).to_string();
+    assert_eq!(metric(&text, "sluice_upstream_requests_total", &[("endpoint", &endpoint), ("outcome", "client_deadline")]), 1.0, "{text}");
+    assert_eq!(metric(&text, "sluice_upstream_ejections_total", &[("endpoint", &endpoint)]), 0.0, "{text}");
+    assert_eq!(metric(&text, "sluice_upstream_available", &[("endpoint", &endpoint)]), 1.0, "{text}");
+    assert_eq!(proxy.infers(), 1, "no retry once the deadline has passed");
+}
+
 /// Garbage from the only worker is a 502 that says what was wrong, over HTTP and gRPC; the gateway keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_answer_is_a_502_with_a_clear_message() {

@@ -146,7 +146,7 @@ impl Harness {
     /// Every element of request `id` is `id` (so the backend can tell requests apart); `cols` values per row.
     fn submit(&self, id: i64, rows: usize, cols: usize, priority: Option<u32>, timeout: Option<Duration>) -> JoinHandle<Result<Vec<Tensor>, ScheduleError>> {
         let input = Tensor::from_slice(DataType::F32, vec![rows, cols], &vec![id as f32; rows * cols]).unwrap();
-        self.submit_job(Job { inputs: vec![input], rows, priority, timeout })
+        self.submit_job(Job { inputs: vec![input], rows, priority, timeout, deadline: None })
     }
 
     fn submit_job(&self, job: Job) -> JoinHandle<Result<Vec<Tensor>, ScheduleError>> {
@@ -472,7 +472,7 @@ async fn dropped_clients_are_withdrawn_before_they_run() {
     assert_eq!(h.scheduler.depth(), (1, 1), "aborted requests left the queue counters");
     // A future dropped by the caller's own timeout is withdrawn too.
     let scheduler = h.scheduler.clone();
-    let dropped = tokio::time::timeout(Duration::from_millis(20), scheduler.infer(Job { inputs: vec![input_of(4, 2, 2)], rows: 2, priority: None, timeout: None })).await;
+    let dropped = tokio::time::timeout(Duration::from_millis(20), scheduler.infer(Job { inputs: vec![input_of(4, 2, 2)], rows: 2, priority: None, timeout: None, deadline: None })).await;
     assert!(dropped.is_err(), "held instance: the request cannot have finished");
     assert_eq!(h.scheduler.depth(), (1, 1));
     h.open();
@@ -553,7 +553,7 @@ async fn outputs_are_split_back_to_their_requests() {
             Tensor::from_byte_strings(vec![rows, 2], &text).unwrap(),
         ];
         expected.push(inputs.clone());
-        handles.push(h.submit_job(Job { inputs, rows, priority: None, timeout: None }));
+        handles.push(h.submit_job(Job { inputs, rows, priority: None, timeout: None, deadline: None }));
     }
     for (i, handle) in handles.into_iter().enumerate() {
         let out = answer(handle).await.unwrap();

@@ -56,8 +56,9 @@ pub type ForwardFuture = Pin<Box<dyn Future<Output = Result<RawAnswer, BackendEr
 
 /// A backend that waits rather than computes: it must never block, and may run many batches at once.
 pub trait AsyncBackend: Send + Sync + 'static {
-    /// Runs one batch. `inputs` follow [`ModelSignature::inputs`] order.
-    fn infer(&self, inputs: Vec<Tensor>) -> BackendFuture;
+    /// Runs one batch. `inputs` follow [`ModelSignature::inputs`] order. `deadline`: when the batch's clients stop
+    /// waiting (see [`crate::scheduler::Job::deadline`]).
+    fn infer(&self, inputs: Vec<Tensor>, deadline: Option<std::time::Instant>) -> BackendFuture;
 
     /// Whether [`AsyncBackend::forward`] works: the model runs behind another V2 HTTP server that can take a client's
     /// body as it is.

@@ -99,7 +99,7 @@ pub const ALL: &[MetricDef] = &[
     def(MODEL_LOADS, Kind::Counter, "Model versions loaded from the repository (at start, by the watcher or the repository API), by model and result: ok, load_failed (the model file or its model.toml did not load), warmup_failed (a warm-up request failed or timed out). After a failure the version that was serving keeps serving."),
     def(MODEL_LOAD_DURATION, Kind::Histogram, "Time to load a model version and run its warm-up, whether it succeeded or not, in seconds."),
     def(MODEL_UNLOADS, Kind::Counter, "Model versions taken out of service, by model and reason: replaced (a new load of the same version took over), removed (its files left the repository), api (POST /v2/repository/models/{m}/unload). Requests already running on them finish."),
-    def(UPSTREAM_REQUESTS, Kind::Counter, "Attempts sent to an upstream endpoint, by pool, endpoint and outcome: ok, connect_error, refused_stream, timeout, unavailable (503), overloaded (429), malformed, refused (other 4xx), failed (other 5xx)."),
+    def(UPSTREAM_REQUESTS, Kind::Counter, "Attempts sent to an upstream endpoint, by pool, endpoint and outcome: ok, connect_error, refused_stream, timeout, unavailable (503), overloaded (429), malformed, refused (other 4xx), failed (other 5xx), client_deadline (the clients' deadline came first; not held against the endpoint)."),
     def(UPSTREAM_DURATION, Kind::Histogram, "Time of one attempt to an upstream endpoint, answered or not, by pool and endpoint, in seconds."),
     def(UPSTREAM_OUTSTANDING, Kind::Gauge, "Attempts in flight to an upstream endpoint."),
     def(UPSTREAM_AVAILABLE, Kind::Gauge, "1 when an upstream endpoint takes traffic (healthy, not ejected, metadata agrees), else 0."),

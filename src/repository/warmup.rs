@@ -53,7 +53,7 @@ pub async fn run(model: &ModelVersion) -> Result<(), String> {
                 .map(|spec| input(spec, plan.batching.then_some(rows), plan.data))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| format!("{}: cannot build its inputs: {e}", what()))?;
-            let job = Job { inputs, rows: if plan.batching { rows } else { 1 }, priority: None, timeout: None };
+            let job = Job { inputs, rows: if plan.batching { rows } else { 1 }, priority: None, timeout: None, deadline: None };
             let outputs = model.scheduler.infer(job).await.map_err(|e| format!("{} failed: {e}", what()))?;
             if outputs.len() != model.signature.outputs.len() {
                 return Err(format!("{} returned {} outputs, the model declares {}", what(), outputs.len(), model.signature.outputs.len()));
@@ -154,7 +154,7 @@ mod tests {
     }
 
     impl AsyncBackend for Fake {
-        fn infer(&self, inputs: Vec<Tensor>) -> BackendFuture {
+        fn infer(&self, inputs: Vec<Tensor>, _deadline: Option<std::time::Instant>) -> BackendFuture {
             let (fail, rows) = (self.fail, self.rows.clone());
             Box::pin(async move {
                 rows.fetch_add(inputs[0].rows(), Ordering::SeqCst);

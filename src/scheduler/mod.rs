@@ -61,6 +61,9 @@ pub struct Job {
     pub priority: Option<u32>,
     /// Queue timeout requested by the client; only lowers the model's own.
     pub timeout: Option<Duration>,
+    /// When the client stops waiting for the whole request (gRPC's `grpc-timeout`), for backends that call out: a
+    /// remote pool bounds its attempts and retries by it and tells gRPC workers. `None`: no client deadline.
+    pub deadline: Option<Instant>,
 }
 
 /// The scheduler of one model version. Cheap to share; dropping the last handle stops its batcher and threads.
@@ -191,7 +194,7 @@ impl Scheduler {
             if let Some(permit) = self.inline_permit() {
                 self.load.arrived(job.rows);
                 let _in_flight = self.load.in_flight();
-                return direct.run_one(job.inputs, job.rows, permit).await;
+                return direct.run_one(job.inputs, job.rows, job.deadline, permit).await;
             }
         }
         let timeout = job.timeout.map_or(settings.queue_timeout, |t| t.min(settings.queue_timeout));
@@ -199,7 +202,7 @@ impl Scheduler {
         let deadline = now + timeout;
         let (reply, mut answer) = oneshot::channel();
         let ticket = Ticket::new();
-        let entry = Entry { inputs: job.inputs, rows: job.rows, enqueued: now, deadline, ticket: ticket.clone(), reply };
+        let entry = Entry { inputs: job.inputs, rows: job.rows, enqueued: now, deadline, client_deadline: job.deadline, ticket: ticket.clone(), reply };
         self.load.arrived(job.rows);
         match self.queue.admit(entry, level) {
             Admission::Queued => {}

@@ -55,7 +55,10 @@ pub struct Entry {
     pub inputs: Vec<Tensor>,
     pub rows: usize,
     pub enqueued: Instant,
+    /// Leaves the queue unrun after this.
     pub deadline: Instant,
+    /// The client's deadline for the whole request ([`super::Job::deadline`]).
+    pub client_deadline: Option<Instant>,
     pub ticket: Ticket,
     pub reply: Reply,
 }

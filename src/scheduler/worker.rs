@@ -177,10 +177,10 @@ impl AsyncRunner {
     /// Runs one request in the caller's task, without a trip through the batcher: for models that do not batch,
     /// when nothing is queued and a slot is free (the caller holds `permit`, one of the batcher's). It is recorded
     /// like a batch of one.
-    pub async fn run_one(&self, inputs: Vec<Tensor>, rows: usize, permit: OwnedSemaphorePermit) -> Result<Vec<Tensor>, ScheduleError> {
+    pub async fn run_one(&self, inputs: Vec<Tensor>, rows: usize, deadline: Option<Instant>, permit: OwnedSemaphorePermit) -> Result<Vec<Tensor>, ScheduleError> {
         let output_count = self.output_count;
         self.run_inline(rows, permit, async move {
-            let outputs = guarded(self.backend.infer(inputs)).await?;
+            let outputs = guarded(self.backend.infer(inputs, deadline)).await?;
             if outputs.len() == output_count {
                 Ok(outputs)
             } else {
@@ -240,7 +240,7 @@ impl AsyncRunner {
                 let inputs = join_inputs(&entries)?;
                 let ran = Instant::now();
                 timing.input = ran - started;
-                let outputs = guarded(backend.infer(inputs)).await;
+                let outputs = guarded(backend.infer(inputs, batch_deadline(&entries))).await;
                 let done = Instant::now();
                 timing.infer = done - ran;
                 let per_request = split_outputs(outputs?, &begun.rows, output_count);
@@ -253,6 +253,17 @@ impl AsyncRunner {
             free_slots.lock().push(slot);
         });
     }
+}
+
+/// How long a batch's answer is waited for: until its last request's client gives up; none when any request has no
+/// deadline of its own.
+fn batch_deadline(entries: &[Entry]) -> Option<Instant> {
+    let mut latest: Option<Instant> = None;
+    for entry in entries {
+        let deadline = entry.client_deadline?;
+        latest = Some(latest.map_or(deadline, |l| l.max(deadline)));
+    }
+    latest
 }
 
 /// An async backend's answer, with a panic inside it turned into an error for the batch's requests (the slot and

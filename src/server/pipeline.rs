@@ -90,6 +90,8 @@ async fn infer_inner(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    // The client's deadline for the whole request, for backends that call out (a remote pool's attempts).
+    let client_deadline = deadline.map(|d| std::time::Instant::now() + d);
     let (outputs, cache) = match (&state.cache, &m.cache) {
         (Some(cache), Some(model_cache)) => {
             m.scheduler.priority_level(request.params.priority)?;
@@ -101,7 +103,8 @@ async fn infer_inner(
             // A shared execution serves every identical request, so it waits as long as the model's queue allows;
             // this request's own deadline bounds only its own wait (see ResponseCache::run).
             let shared_timeout = if policy == Policy::Use { None } else { timeout };
-            let job = Job { inputs: validated.tensors, rows: validated.rows, priority: request.params.priority, timeout: shared_timeout };
+            let deadline = if policy == Policy::Use { None } else { client_deadline };
+            let job = Job { inputs: validated.tensors, rows: validated.rows, priority: request.params.priority, timeout: shared_timeout, deadline };
             let version = m.clone();
             let compute = async move { run_job(&version, job, &selected).await.map(Outputs::from) };
             let wait = if policy == Policy::Use { timeout } else { None };
@@ -109,7 +112,7 @@ async fn infer_inner(
             (result?.to_vec(), Some(status))
         }
         _ => {
-            let job = Job { inputs: validated.tensors, rows: validated.rows, priority: request.params.priority, timeout };
+            let job = Job { inputs: validated.tensors, rows: validated.rows, priority: request.params.priority, timeout, deadline: client_deadline };
             (run_job(m, job, &selected).await?, None)
         }
     };

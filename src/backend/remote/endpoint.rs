@@ -19,8 +19,21 @@ const EWMA_DECAY: Duration = Duration::from_secs(10);
 const FAILURE_PENALTY: Duration = Duration::from_millis(100);
 
 /// Attempt outcomes, the `outcome` label of `sluice_upstream_requests_total`.
-pub const OUTCOMES: [&str; 9] =
-    ["ok", "connect_error", "refused_stream", "timeout", "unavailable", "overloaded", "malformed", "refused", "failed"];
+pub const OUTCOMES: [&str; 10] = [
+    "ok",
+    "connect_error",
+    "refused_stream",
+    "timeout",
+    "unavailable",
+    "overloaded",
+    "malformed",
+    "refused",
+    "failed",
+    "client_deadline",
+];
+
+/// The outcome of an attempt cut short by its clients' deadline: neither a success nor a failure of the endpoint.
+const CLIENT_DEADLINE: usize = 9;
 
 /// What the active checks and the passive ejection know about an endpoint.
 #[derive(Debug)]
@@ -169,7 +182,10 @@ impl Endpoint {
             let mut latency = self.latency.lock();
             let (estimate, at) = *latency;
             let sample = rtt.as_secs_f64();
-            let next = if outcome != 0 {
+            let next = if outcome == CLIENT_DEADLINE {
+                // The endpoint was at least this slow, no more is known.
+                estimate.max(sample)
+            } else if outcome != 0 {
                 estimate.max(sample).max(FAILURE_PENALTY.as_secs_f64())
             } else if sample > estimate {
                 sample

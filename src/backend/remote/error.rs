@@ -40,6 +40,9 @@ pub enum AttemptError {
     RefusedStream(String),
     /// No answer within the per-try timeout.
     Timeout(Duration),
+    /// The clients' deadline came first (the attempt had that long): not the endpoint's fault, and no time is left
+    /// for a retry.
+    ClientDeadline(Duration),
     /// 503 / UNAVAILABLE: the upstream is not taking work now.
     Unavailable(String),
     /// 429 / RESOURCE_EXHAUSTED.
@@ -60,6 +63,7 @@ impl AttemptError {
             AttemptError::Connect { sent, .. } => idempotent || !sent,
             AttemptError::RefusedStream(_) | AttemptError::Unavailable(_) | AttemptError::Overloaded { .. } => true,
             AttemptError::Timeout(_) => idempotent,
+            AttemptError::ClientDeadline(_) => false,
             AttemptError::Malformed(_) | AttemptError::Refused { .. } | AttemptError::Failed { .. } => false,
         }
     }
@@ -67,7 +71,7 @@ impl AttemptError {
     /// Whether the endpoint is to blame (counts towards its ejection). An overloaded endpoint is healthy (it said so
     /// quickly), and a refused request is the client's fault.
     pub fn counts_against_endpoint(&self) -> bool {
-        !matches!(self, AttemptError::Overloaded { .. } | AttemptError::Refused { .. })
+        !matches!(self, AttemptError::Overloaded { .. } | AttemptError::Refused { .. } | AttemptError::ClientDeadline(_))
     }
 
     /// The label of `sluice_upstream_requests_total{outcome}`.
@@ -76,6 +80,7 @@ impl AttemptError {
             AttemptError::Connect { .. } => "connect_error",
             AttemptError::RefusedStream(_) => "refused_stream",
             AttemptError::Timeout(_) => "timeout",
+            AttemptError::ClientDeadline(_) => "client_deadline",
             AttemptError::Unavailable(_) => "unavailable",
             AttemptError::Overloaded { .. } => "overloaded",
             AttemptError::Malformed(_) => "malformed",
@@ -91,7 +96,7 @@ impl AttemptError {
             AttemptError::Connect { message, .. } | AttemptError::RefusedStream(message) | AttemptError::Unavailable(message) => {
                 UpstreamError::Unavailable { pool: pool.into(), last: format!("{endpoint}: {message}") }
             }
-            AttemptError::Timeout(timeout) => UpstreamError::Timeout { endpoint, timeout },
+            AttemptError::Timeout(timeout) | AttemptError::ClientDeadline(timeout) => UpstreamError::Timeout { endpoint, timeout },
             AttemptError::Overloaded { message, retry_after } => {
                 UpstreamError::Overloaded { pool: pool.into(), message: format!("{endpoint}: {message}"), retry_after }
             }
@@ -109,6 +114,7 @@ impl std::fmt::Display for AttemptError {
             AttemptError::Connect { message, .. } => write!(f, "connection failed: {message}"),
             AttemptError::RefusedStream(m) => write!(f, "stream refused: {m}"),
             AttemptError::Timeout(t) => write!(f, "no answer within {t:?}"),
+            AttemptError::ClientDeadline(t) => write!(f, "no answer within {t:?}, when the request's deadline came"),
             AttemptError::Unavailable(m) => write!(f, "unavailable: {m}"),
             AttemptError::Overloaded { message, .. } => write!(f, "overloaded: {message}"),
             AttemptError::Malformed(m) => write!(f, "malformed answer: {m}"),

@@ -30,10 +30,10 @@ pub struct RemoteModel {
 }
 
 impl AsyncBackend for RemoteModel {
-    fn infer(&self, inputs: Vec<Tensor>) -> BackendFuture {
+    fn infer(&self, inputs: Vec<Tensor>, deadline: Option<std::time::Instant>) -> BackendFuture {
         let pool = self.pool.clone();
         let spec = self.spec.clone();
-        Box::pin(async move { pool.infer(&spec, inputs).await.map_err(BackendError::Upstream) })
+        Box::pin(async move { pool.infer(&spec, inputs, deadline).await.map_err(BackendError::Upstream) })
     }
 
     fn can_forward(&self) -> bool {

@@ -265,15 +265,17 @@ impl Pool {
 
     /// Runs a request: one attempt, then retries on other endpoints while the failure allows it, the retry budget
     /// has tokens, `max_attempts` is not reached and `timeout` has time left.
-    pub async fn infer(&self, model: &RemoteModelSpec, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, UpstreamError> {
+    /// `deadline`: when the request's clients stop waiting; attempts and retries end by it, and gRPC workers are
+    /// told each attempt's time (`grpc-timeout`).
+    pub async fn infer(&self, model: &RemoteModelSpec, inputs: Vec<Tensor>, deadline: Option<Instant>) -> Result<Vec<Tensor>, UpstreamError> {
         let named: Vec<NamedTensor> =
             model.signature.inputs.iter().zip(inputs).map(|(spec, tensor)| NamedTensor { name: spec.name.clone(), tensor }).collect();
         let prepared = Prepared::new(self.config.protocol, &model.name, model.version.as_deref(), &named)
             .map_err(|e| e.into_upstream(&self.name, ""))?;
         drop(named);
         let (prepared, limits) = (&prepared, self.limits);
-        self.attempts(model, |endpoint| async move {
-            let outputs = endpoint.client.infer(prepared, limits).await?;
+        self.attempts(model, deadline, |endpoint, time| async move {
+            let outputs = endpoint.client.infer(prepared, limits, time).await?;
             model.order_outputs(outputs)
         })
         .await
@@ -288,16 +290,18 @@ impl Pool {
     /// [`Pool::infer`]; the answer comes back checked to be a V2 answer, not decoded.
     pub async fn forward(&self, model: &RemoteModelSpec, request: RawInfer) -> Result<RawAnswer, UpstreamError> {
         let (path, request) = (model.infer_path.as_str(), &request);
-        self.attempts(model, |endpoint| async move { endpoint.client.forward(path, request).await }).await
+        self.attempts(model, None, |endpoint, _| async move { endpoint.client.forward(path, request).await }).await
     }
 
     /// The attempt loop of a request: `attempt` runs one try on the endpoint it is given.
-    async fn attempts<T, F, Fut>(&self, model: &RemoteModelSpec, attempt: F) -> Result<T, UpstreamError>
+    /// `client_deadline` lowers the pool's `timeout`; `attempt` gets the time its try has.
+    async fn attempts<T, F, Fut>(&self, model: &RemoteModelSpec, client_deadline: Option<Instant>, attempt: F) -> Result<T, UpstreamError>
     where
-        F: Fn(Arc<Endpoint>) -> Fut,
+        F: Fn(Arc<Endpoint>, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, AttemptError>>,
     {
-        let mut deadline = Instant::now() + self.config.timeout;
+        let deadline_from = |start: Instant| client_deadline.map_or(start + self.config.timeout, |c| c.min(start + self.config.timeout));
+        let mut deadline = deadline_from(Instant::now());
         self.budget.deposit();
         // The endpoints tried before this round (the last one is pushed only when a retry comes: most requests
         // succeed at once and never allocate the list).
@@ -326,8 +330,8 @@ impl Pool {
                 Some(endpoint) => Some(endpoint),
                 // Nothing usable before the first attempt: every worker is gone or scaled to zero. Wait for one if
                 // the pool says so; the attempts' deadline then counts from the end of the wait.
-                None if last.is_none() => self.wait_for_endpoint().await.map(|(endpoint, found_at)| {
-                    deadline = found_at + self.config.timeout;
+                None if last.is_none() => self.wait_for_endpoint(client_deadline).await.map(|(endpoint, found_at)| {
+                    deadline = deadline_from(found_at);
                     now = found_at;
                     endpoint
                 }),
@@ -354,10 +358,15 @@ impl Pool {
                 last = Some((AttemptError::Unavailable(format!("all {} of its slots stayed busy for {wait:?}", self.config.max_concurrency)), endpoint.address.clone()));
                 continue;
             };
-            let try_timeout = self.config.try_timeout.min(deadline.saturating_duration_since(began));
-            let result = match tokio::time::timeout(try_timeout, attempt(endpoint.clone())).await {
+            let left = deadline.saturating_duration_since(began);
+            let try_timeout = self.config.try_timeout.min(left);
+            // Cut short by the clients' deadline (not the pool's own `timeout`): the endpoint is not to blame.
+            let cut_by_client = client_deadline.is_some_and(|c| c <= deadline) && left < self.config.try_timeout;
+            // Timed out here, or by tonic's timer for the `grpc-timeout` the attempt carries (the same time).
+            let result = match tokio::time::timeout(try_timeout, attempt(endpoint.clone(), try_timeout)).await {
+                Ok(Err(AttemptError::Timeout(_))) | Err(_) if cut_by_client => Err(AttemptError::ClientDeadline(try_timeout)),
+                Ok(Err(AttemptError::Timeout(_))) | Err(_) => Err(AttemptError::Timeout(try_timeout)),
                 Ok(result) => result,
-                Err(_) => Err(AttemptError::Timeout(try_timeout)),
             };
             match result {
                 Ok(answer) => {
@@ -415,13 +424,14 @@ impl Pool {
         }
     }
 
-    /// Waits up to `wait_for_endpoint` for an endpoint that may be used, when none may be now; returns it with the
-    /// time it was picked. `None` at once when the pool does not wait.
-    async fn wait_for_endpoint(&self) -> Option<(Arc<Endpoint>, Instant)> {
+    /// Waits up to `wait_for_endpoint` (and not past the clients' deadline) for an endpoint that may be used, when
+    /// none may be now; returns it with the time it was picked. `None` at once when the pool does not wait.
+    async fn wait_for_endpoint(&self, client_deadline: Option<Instant>) -> Option<(Arc<Endpoint>, Instant)> {
         if self.config.wait_for_endpoint.is_zero() {
             return None;
         }
-        let until = tokio::time::Instant::now() + self.config.wait_for_endpoint;
+        let most = Instant::now() + self.config.wait_for_endpoint;
+        let until = tokio::time::Instant::from_std(client_deadline.map_or(most, |c| c.min(most)));
         loop {
             // Registered before the endpoints are looked at, so a round of checks that ends in between is not missed.
             let usable = self.usable.notified();

@@ -106,7 +106,9 @@ impl EndpointClient {
     }
 
     /// Runs one inference of a prepared request; returns the answer's outputs as named tensors (in the upstream's order).
-    pub async fn infer(&self, request: &Prepared, limits: DecodeLimits) -> Result<Vec<NamedTensor>, AttemptError> {
+    /// `time`: how long the attempt is waited for, which gRPC workers are told (`grpc-timeout`) so that they can drop
+    /// it once nobody waits for the answer.
+    pub async fn infer(&self, request: &Prepared, limits: DecodeLimits, time: Duration) -> Result<Vec<NamedTensor>, AttemptError> {
         match (self, request) {
             (EndpointClient::Http { connections, max_response_bytes, .. }, Prepared::Http { path, body, header_length }) => {
                 let answer = ok_answer(connections.post(path, *header_length, body, *max_response_bytes).await)?;
@@ -115,7 +117,9 @@ impl EndpointClient {
                 Ok(decoded.outputs)
             }
             (EndpointClient::Grpc { client, .. }, Prepared::Grpc(request)) => {
-                let response = client.clone().model_infer(request.clone()).await.map_err(|s| grpc_error(&s))?;
+                let mut request = tonic::Request::new(request.clone());
+                request.set_timeout(time);
+                let response = client.clone().model_infer(request).await.map_err(|s| grpc_error(&s))?;
                 grpc::decode_response(response.into_inner(), limits).map_err(|e| AttemptError::Malformed(e.to_string()))
             }
             _ => Err(AttemptError::Refused { status: 500, message: "a request prepared for one upstream protocol was sent over the other".into() }),
@@ -282,6 +286,10 @@ fn grpc_error(status: &tonic::Status) -> AttemptError {
     let mut source = std::error::Error::source(status);
     if source.is_some() {
         while let Some(e) = source {
+            // tonic's own timer for the `grpc-timeout` the attempt carries: the attempt's time ran out.
+            if e.downcast_ref::<tonic::TimeoutExpired>().is_some() {
+                return AttemptError::Timeout(Duration::ZERO);
+            }
             if let Some(h2) = e.downcast_ref::<h2::Error>() {
                 let not_processed = h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
                 if not_processed && h2.is_remote() {

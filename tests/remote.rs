@@ -729,6 +729,64 @@ async fn a_batch_attempt_ends_at_its_clients_deadline_without_blaming_the_endpoi
     assert_eq!(proxy.infers(), 1, "no retry once the deadline has passed");
 }
 
+/// Workers that require an API key: the gateway presents the one in `api_key_file` on inference, health and
+/// metadata requests, over HTTP and gRPC; without it the workers refuse it and it serves nothing from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_presents_its_api_key_to_workers_that_require_one() {
+    const KEY: &str = "gateway-secret-7";
+    let mut config = Config::default();
+    config.server.models = models_dir();
+    config.auth.enabled = true;
+    config.auth.tenants = vec![sluice::config::TenantConfig {
+        name: "gateway".into(),
+        key_sha256: vec![sluice::admission::auth::hash_key(KEY)],
+        ..sluice::config::TenantConfig::default()
+    }];
+    let worker = start_with(config, None).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("write key");
+
+    for (protocol, addr) in [(UpstreamProtocol::Http, worker.addr), (UpstreamProtocol::Grpc, worker.grpc_addr)] {
+        let mut upstream = pool(vec![addr.to_string()], protocol);
+        upstream.api_key_file = Some(key_file.clone());
+        let gateway = start_gateway(upstream).await;
+        let r = gateway.infer("identity", &identity_request(2.0)).await;
+        assert_eq!(r.status, StatusCode::OK, "{protocol:?}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(first_output(&r), 2.0);
+        let endpoint = addr.to_string();
+        wait_for_metric(&gateway, Duration::from_secs(2), |t| metric(t, "sluice_upstream_available", &[("endpoint", &endpoint)]) == 1.0)
+            .await
+            .unwrap_or_else(|| panic!("{protocol:?}: the worker did not pass its checks with the key"));
+    }
+
+    // No key (the metadata declared, so that the gateway starts): the worker's metadata refuses it, so it gets no traffic.
+    let mut upstream = pool(vec![worker.addr.to_string()], UpstreamProtocol::Http);
+    let tensor = |name: &str| sluice::config::DeclaredTensor { name: name.into(), datatype: "FP32".into(), shape: vec![-1, 256] };
+    upstream.signatures.insert("identity".into(), sluice::config::DeclaredSignature { version: None, inputs: vec![tensor("input")], outputs: vec![tensor("output")] });
+    let gateway = start_gateway(upstream).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = gateway.infer("identity", &identity_request(2.0)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", String::from_utf8_lossy(&r.body));
+
+    // A key file that holds no key stops the start with a clear message.
+    std::fs::write(&key_file, "\n").expect("write key");
+    let mut upstream = pool(vec![worker.addr.to_string()], UpstreamProtocol::Http);
+    upstream.api_key_file = Some(key_file.clone());
+    let mut config = Config::default();
+    config.server.models = "/nonexistent/sluice-gateway-test".into();
+    config.server.http = "127.0.0.1:0".parse().expect("addr");
+    config.server.grpc = "127.0.0.1:0".parse().expect("addr");
+    config.admin.listen = "127.0.0.1:0".parse().expect("addr");
+    config.scaling.keda.listen = "127.0.0.1:0".parse().expect("addr");
+    config.upstreams = vec![upstream];
+    let err = match sluice::app::start(&config, std::future::pending::<()>()).await {
+        Ok(_) => panic!("a gateway started with an empty key file"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("api_key_file") && err.contains("first line"), "{err}");
+}
+
 /// Garbage from the only worker is a 502 that says what was wrong, over HTTP and gRPC; the gateway keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_answer_is_a_502_with_a_clear_message() {

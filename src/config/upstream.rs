@@ -36,6 +36,9 @@ pub struct UpstreamConfig {
     /// Gateway-side settings of a model: the keys of a model.toml (`max_batch_size`, `[dynamic_batching]`, `[queue]`,
     /// `[cache]`, `idempotent`). Without them the gateway queues but does not batch (the upstream batches).
     pub model_settings: BTreeMap<String, ModelFile>,
+    /// A file holding the API key the gateway presents to the workers (`Authorization: Bearer <key>`) on inference,
+    /// health and metadata requests, e.g. a mounted Kubernetes Secret. Read once, at start.
+    pub api_key_file: Option<std::path::PathBuf>,
     /// A model's metadata written here instead of asked of the workers at start, so that the gateway can start
     /// while the pool has no worker (scaled to zero). Workers are still checked against it before they get traffic.
     pub signatures: BTreeMap<String, DeclaredSignature>,
@@ -85,6 +88,7 @@ impl Default for UpstreamConfig {
             models: Vec::new(),
             model_settings: BTreeMap::new(),
             signatures: BTreeMap::new(),
+            api_key_file: None,
             max_concurrency: 64,
             max_outstanding: 256,
             connect_timeout: Duration::from_secs(1),

@@ -314,7 +314,7 @@ mod tests {
     fn unverified_endpoint(metrics: &Metrics) -> Endpoint {
         let config = UpstreamConfig::default();
         let http = super::super::transport::http_client(&config);
-        let client = EndpointClient::new(&config, "127.0.0.1:9", &http, 1 << 20).expect("client");
+        let client = EndpointClient::new(&config, "127.0.0.1:9", &http, 1 << 20, None).expect("client");
         Endpoint::new("p", "127.0.0.1:9".into(), client, 2, metrics)
     }
 

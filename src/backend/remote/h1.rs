@@ -59,6 +59,8 @@ struct Idle {
 /// The keep-alive connections to one endpoint.
 pub struct Connections {
     address: String,
+    /// Header lines every request carries (the gateway's credentials), each ending in CRLF.
+    extra_headers: Vec<u8>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
@@ -66,8 +68,9 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub fn new(address: &str, connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Connections {
-        Connections { address: address.to_string(), connect_timeout, idle_timeout, max_idle, idle: Mutex::new(Vec::new()) }
+    /// `extra_headers`: lines every request carries, each ending in CRLF (empty: none).
+    pub fn new(address: &str, extra_headers: Vec<u8>, connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Connections {
+        Connections { address: address.to_string(), extra_headers, connect_timeout, idle_timeout, max_idle, idle: Mutex::new(Vec::new()) }
     }
 
     /// Sends `POST path` with `body` and reads the whole answer (a body over `max_body` bytes is refused).
@@ -76,7 +79,7 @@ impl Connections {
             Some(idle) => idle,
             None => (self.connect().await?, BytesMut::new()),
         };
-        let head = request_head(path, &self.address, header_length, body.len());
+        let head = request_head(path, &self.address, &self.extra_headers, header_length, body.len());
         write_all_vectored(&mut stream, &head, body).await.map_err(|e| ExchangeError::Broken(format!("cannot send the request: {e}")))?;
         let (answer, reusable) = read_answer(&mut stream, &mut buf, max_body).await?;
         if reusable {
@@ -131,10 +134,10 @@ impl Connections {
     }
 }
 
-fn request_head(path: &str, host: &str, header_length: Option<usize>, body_length: usize) -> Vec<u8> {
+fn request_head(path: &str, host: &str, extra_headers: &[u8], header_length: Option<usize>, body_length: usize) -> Vec<u8> {
     // Assembled by hand: `write!` costs a few times more, and this runs for every forwarded request.
     let mut numbers = itoa::Buffer::new();
-    let mut head = Vec::with_capacity(160 + path.len() + host.len());
+    let mut head = Vec::with_capacity(160 + path.len() + host.len() + extra_headers.len());
     // A body with the binary extension is not JSON as a whole.
     let content_type: &[u8] = if header_length.is_some() { b"application/octet-stream" } else { b"application/json" };
     for part in [b"POST ", path.as_bytes(), b" HTTP/1.1\r\nhost: ", host.as_bytes(), b"\r\ncontent-type: ", content_type, b"\r\ncontent-length: "] {
@@ -147,6 +150,7 @@ fn request_head(path: &str, host: &str, header_length: Option<usize>, body_lengt
         head.extend_from_slice(numbers.format(n).as_bytes());
         head.extend_from_slice(b"\r\n");
     }
+    head.extend_from_slice(extra_headers);
     head.extend_from_slice(b"\r\n");
     head
 }
@@ -385,7 +389,7 @@ mod tests {
     }
 
     fn connections(address: &str) -> Connections {
-        Connections::new(address, Duration::from_secs(1), Duration::from_secs(30), 4)
+        Connections::new(address, Vec::new(), Duration::from_secs(1), Duration::from_secs(30), 4)
     }
 
     #[tokio::test]

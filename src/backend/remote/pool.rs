@@ -87,6 +87,8 @@ pub struct Pool {
     retries_sent: Counter,
     retries_budget: Counter,
     retries_deadline: Counter,
+    /// What the gateway presents to the workers (`api_key_file`), read at start.
+    api_key: Option<String>,
     /// Woken when a round of checks leaves an endpoint usable, for requests waiting for one (`wait_for_endpoint`).
     usable: tokio::sync::Notify,
     waits_found: Counter,
@@ -113,6 +115,7 @@ impl Pool {
             retries_budget: retries("budget_exhausted"),
             retries_deadline: retries("deadline"),
             usable: tokio::sync::Notify::new(),
+            api_key: config.api_key_file.as_deref().map(|path| read_api_key(&config.name, path)).transpose()?,
             waits_found: waits("found"),
             waits_timed_out: waits("timed_out"),
         });
@@ -152,7 +155,7 @@ impl Pool {
                 next.push(back);
                 continue;
             }
-            let client = EndpointClient::new(&self.config, &address, &self.http, self.max_message_bytes)
+            let client = EndpointClient::new(&self.config, &address, &self.http, self.max_message_bytes, self.api_key.as_deref())
                 .map_err(|message| PoolError::Setup { pool: self.name.clone(), message })?;
             next.push(Arc::new(Endpoint::new(&self.name, address, client, self.config.max_concurrency, &self.metrics)));
         }
@@ -548,6 +551,17 @@ async fn verify_endpoint(endpoint: &Endpoint, models: &[Arc<RemoteModelSpec>], t
 
 /// A test an endpoint passes to be a candidate.
 type EndpointFilter<'a> = dyn Fn(&&Arc<Endpoint>) -> bool + 'a;
+
+/// The key in `path`: its first line, trimmed (a mounted Secret may end in a newline).
+fn read_api_key(pool: &str, path: &std::path::Path) -> Result<String, PoolError> {
+    let failed = |message: String| PoolError::Setup { pool: pool.to_string(), message: format!("api_key_file {}: {message}", path.display()) };
+    let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+    let key = text.lines().next().unwrap_or("").trim();
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(failed("must hold the key on its first line, in printable characters without spaces".into()));
+    }
+    Ok(key.to_string())
+}
 
 /// Longest wait for a DNS answer: the system resolver has its own retries, but a start or an upkeep round must not
 /// hang on it.

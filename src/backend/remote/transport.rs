@@ -71,23 +71,48 @@ pub fn infer_path(model: &str, version: Option<&str>) -> String {
 #[derive(Clone)]
 pub enum EndpointClient {
     /// Inference goes over `connections`; readiness and metadata over the shared `client`.
-    Http { client: HttpClient, connections: Arc<Connections>, base: String, max_response_bytes: usize },
+    Http { client: HttpClient, connections: Arc<Connections>, base: String, max_response_bytes: usize, authorization: Option<HeaderValue> },
     /// Inference over `client`; readiness and metadata over `control`, a connection of their own, so that checks of a
     /// worker whose HTTP/2 stream limit is taken by inference still get through (and do not eject a busy worker).
-    Grpc { client: GrpcInferenceServiceClient<Channel>, control: GrpcInferenceServiceClient<Channel> },
+    Grpc {
+        client: GrpcInferenceServiceClient<Channel>,
+        control: GrpcInferenceServiceClient<Channel>,
+        authorization: Option<tonic::metadata::AsciiMetadataValue>,
+    },
+}
+
+/// `Authorization: Bearer <key>`, what Sluice workers (and most V2 servers behind an auth proxy) take.
+fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+/// Puts the gateway's credentials, if any, on a gRPC request.
+fn with_credentials<T>(message: T, authorization: &Option<tonic::metadata::AsciiMetadataValue>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(value) = authorization {
+        request.metadata_mut().insert("authorization", value.clone());
+    }
+    request
 }
 
 impl EndpointClient {
-    /// A client for `address` (`host:port`); gRPC channels connect lazily, so this never waits.
-    pub fn new(config: &UpstreamConfig, address: &str, http: &HttpClient, max_message_bytes: usize) -> Result<EndpointClient, String> {
+    /// A client for `address` (`host:port`); gRPC channels connect lazily, so this never waits. `api_key`: what the
+    /// gateway presents to the workers (`Authorization: Bearer`), if anything.
+    pub fn new(config: &UpstreamConfig, address: &str, http: &HttpClient, max_message_bytes: usize, api_key: Option<&str>) -> Result<EndpointClient, String> {
         let base = format!("http://{address}");
+        const INVALID_KEY: &str = "the API key holds characters a header cannot carry";
         match config.protocol {
-            UpstreamProtocol::Http => Ok(EndpointClient::Http {
-                client: http.clone(),
-                connections: Arc::new(Connections::new(address, config.connect_timeout, config.idle_timeout, config.max_concurrency)),
-                base,
-                max_response_bytes: max_message_bytes,
-            }),
+            UpstreamProtocol::Http => {
+                let authorization = api_key.map(|key| HeaderValue::from_str(&bearer(key))).transpose().map_err(|_| INVALID_KEY.to_string())?;
+                let extra_headers = authorization.as_ref().map(|v| [b"authorization: ", v.as_bytes(), b"\r\n"].concat()).unwrap_or_default();
+                Ok(EndpointClient::Http {
+                    client: http.clone(),
+                    connections: Arc::new(Connections::new(address, extra_headers, config.connect_timeout, config.idle_timeout, config.max_concurrency)),
+                    base,
+                    max_response_bytes: max_message_bytes,
+                    authorization,
+                })
+            }
             UpstreamProtocol::Grpc => {
                 let endpoint = tonic::transport::Endpoint::from_shared(base)
                     .map_err(|e| format!("bad upstream address '{address}': {e}"))?
@@ -100,7 +125,8 @@ impl EndpointClient {
                     .max_encoding_message_size(max_message_bytes);
                 // Each lazily connected channel is its own HTTP/2 connection.
                 let control = GrpcInferenceServiceClient::new(endpoint.connect_lazy()).max_decoding_message_size(max_message_bytes);
-                Ok(EndpointClient::Grpc { client, control })
+                let authorization = api_key.map(|key| bearer(key).parse()).transpose().map_err(|_| INVALID_KEY.to_string())?;
+                Ok(EndpointClient::Grpc { client, control, authorization })
             }
         }
     }
@@ -116,8 +142,8 @@ impl EndpointClient {
                 let decoded = json::decode_response(&head, binary, limits).map_err(|e| AttemptError::Malformed(e.to_string()))?;
                 Ok(decoded.outputs)
             }
-            (EndpointClient::Grpc { client, .. }, Prepared::Grpc(request)) => {
-                let mut request = tonic::Request::new(request.clone());
+            (EndpointClient::Grpc { client, authorization, .. }, Prepared::Grpc(request)) => {
+                let mut request = with_credentials(request.clone(), authorization);
                 request.set_timeout(time);
                 let response = client.clone().model_infer(request).await.map_err(|s| grpc_error(&s))?;
                 grpc::decode_response(response.into_inner(), limits).map_err(|e| AttemptError::Malformed(e.to_string()))
@@ -140,9 +166,9 @@ impl EndpointClient {
     /// Whether the server says it is ready (`GET /v2/health/ready` answers 200, or gRPC `ServerReady` is true).
     pub async fn ready(&self) -> bool {
         match self {
-            EndpointClient::Http { client, base, .. } => {
-                let Ok(uri) = format!("{base}/v2/health/ready").parse::<hyper::Uri>() else { return false };
-                match client.get(uri).await {
+            EndpointClient::Http { client, base, authorization, .. } => {
+                let Ok(request) = get_request(&format!("{base}/v2/health/ready"), authorization) else { return false };
+                match client.request(request).await {
                     Ok(response) => {
                         let ok = response.status() == StatusCode::OK;
                         // Read the (small) body so the connection goes back to the pool.
@@ -152,8 +178,9 @@ impl EndpointClient {
                     Err(_) => false,
                 }
             }
-            EndpointClient::Grpc { control, .. } => {
-                matches!(control.clone().server_ready(pb::ServerReadyRequest {}).await, Ok(r) if r.get_ref().ready)
+            EndpointClient::Grpc { control, authorization, .. } => {
+                let request = with_credentials(pb::ServerReadyRequest {}, authorization);
+                matches!(control.clone().server_ready(request).await, Ok(r) if r.get_ref().ready)
             }
         }
     }
@@ -161,13 +188,13 @@ impl EndpointClient {
     /// The model's metadata (`version` `None`: the server's default version).
     pub async fn metadata(&self, model: &str, version: Option<&str>) -> Result<RemoteMetadata, AttemptError> {
         match self {
-            EndpointClient::Http { client, base, .. } => {
+            EndpointClient::Http { client, base, authorization, .. } => {
                 let url = match version {
                     Some(v) => format!("{base}/v2/models/{model}/versions/{v}"),
                     None => format!("{base}/v2/models/{model}"),
                 };
-                let uri: hyper::Uri = url.parse().map_err(|e| AttemptError::Malformed(format!("bad URL {url}: {e}")))?;
-                let response = client.get(uri).await.map_err(|e| http_error(&e))?;
+                let request = get_request(&url, authorization).map_err(|e| AttemptError::Malformed(format!("bad URL {url}: {e}")))?;
+                let response = client.request(request).await.map_err(|e| http_error(&e))?;
                 let status = response.status();
                 let retry_after = retry_after(response.headers().get(RETRY_AFTER));
                 let body = read_body(response.into_body(), MAX_ERROR_BODY * 16).await?;
@@ -176,8 +203,9 @@ impl EndpointClient {
                 }
                 model_metadata::from_json(&body).map_err(|e| AttemptError::Malformed(e.to_string()))
             }
-            EndpointClient::Grpc { control, .. } => {
+            EndpointClient::Grpc { control, authorization, .. } => {
                 let request = pb::ModelMetadataRequest { name: model.into(), version: version.unwrap_or_default().into() };
+                let request = with_credentials(request, authorization);
                 let response = control.clone().model_metadata(request).await.map_err(|s| grpc_error(&s))?;
                 model_metadata::from_grpc(response.into_inner()).map_err(|e| AttemptError::Malformed(e.to_string()))
             }
@@ -190,6 +218,15 @@ impl EndpointClient {
             connections.prune();
         }
     }
+}
+
+/// `GET url`, with the gateway's credentials if it has any.
+fn get_request(url: &str, authorization: &Option<HeaderValue>) -> Result<hyper::Request<Full<Bytes>>, hyper::http::Error> {
+    let mut request = hyper::Request::get(url);
+    if let Some(value) = authorization {
+        request = request.header(hyper::header::AUTHORIZATION, value.clone());
+    }
+    request.body(Full::new(Bytes::new()))
 }
 
 fn exchange_error(e: ExchangeError) -> AttemptError {

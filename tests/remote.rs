@@ -58,6 +58,26 @@ fn first_output(reply: &Reply) -> f64 {
 }
 
 
+/// A gRPC call to `identity` on `addr` (inputs 0..256), with `deadline` if any.
+async fn grpc_identity(addr: SocketAddr, deadline: Option<Duration>) -> Result<tonic::Response<sluice::protocol::grpc::pb::ModelInferResponse>, tonic::Status> {
+    let mut grpc = sluice::protocol::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("gRPC connect");
+    let data: Vec<f32> = (0..256).map(|i| i as f32).collect();
+    let tensor = sluice::tensor::Tensor::from_slice(sluice::tensor::DataType::F32, vec![1, 256], &data).expect("tensor");
+    let mut request = tonic::Request::new(sluice::protocol::grpc::encode_request("identity", None, None, &[sluice::protocol::NamedTensor { name: "input".into(), tensor }]));
+    if let Some(deadline) = deadline {
+        request.set_timeout(deadline);
+    }
+    grpc.model_infer(request).await
+}
+
+/// The `identity` model's metadata as a gateway would declare it, with its output named `output`.
+fn declared_identity(output: &str) -> sluice::config::DeclaredSignature {
+    let tensor = |name: &str| sluice::config::DeclaredTensor { name: name.into(), datatype: "FP32".into(), shape: vec![-1, 256] };
+    sluice::config::DeclaredSignature { version: None, inputs: vec![tensor("input")], outputs: vec![tensor(output)] }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // A test proxy in front of a real worker.
 
@@ -417,15 +437,11 @@ async fn a_pool_scaled_to_zero_holds_requests_until_a_worker_is_back() {
 /// metadata gets no traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_with_declared_signatures_starts_with_no_worker() {
-    let declare = |output: &str| {
-        let tensor = |name: &str| sluice::config::DeclaredTensor { name: name.into(), datatype: "FP32".into(), shape: vec![-1, 256] };
-        sluice::config::DeclaredSignature { version: None, inputs: vec![tensor("input")], outputs: vec![tensor(output)] }
-    };
     // Its ports are chosen, nothing listens on them yet.
     let mut worker = WorkerProcess { http: free_port(), grpc: free_port(), child: None };
     let endpoint = format!("127.0.0.1:{}", worker.http);
     let mut config = pool(vec![endpoint.clone()], UpstreamProtocol::Http);
-    config.signatures.insert("identity".into(), declare("output"));
+    config.signatures.insert("identity".into(), declared_identity("output"));
     config.wait_for_endpoint = Duration::from_secs(30);
     config.startup_timeout = Duration::from_secs(60);
     let started = Instant::now();
@@ -449,7 +465,7 @@ async fn a_gateway_with_declared_signatures_starts_with_no_worker() {
 
     // Declared wrong (an output the worker does not have): that worker is never used.
     let mut config = pool(vec![endpoint.clone()], UpstreamProtocol::Http);
-    config.signatures.insert("identity".into(), declare("logits"));
+    config.signatures.insert("identity".into(), declared_identity("logits"));
     let wrong = start_gateway(config).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let r = wrong.infer("identity", &identity_request(1.0)).await;
@@ -606,15 +622,8 @@ async fn a_clients_deadline_or_hang_up_ends_its_upstream_attempt() {
     let endpoint = proxy.addr.to_string();
     let outstanding = move |t: &str| metric(t, "sluice_upstream_outstanding_requests", &[("endpoint", &endpoint)]);
 
-    let mut grpc = sluice::protocol::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient::connect(format!("http://{}", gateway.grpc_addr))
-        .await
-        .expect("gRPC connect");
-    let data: Vec<f32> = (0..256).map(|i| i as f32).collect();
-    let tensor = sluice::tensor::Tensor::from_slice(sluice::tensor::DataType::F32, vec![1, 256], &data).expect("tensor");
-    let mut request = tonic::Request::new(sluice::protocol::grpc::encode_request("identity", None, None, &[sluice::protocol::NamedTensor { name: "input".into(), tensor }]));
-    request.set_timeout(Duration::from_millis(600));
     let started = Instant::now();
-    let call = tokio::spawn(async move { grpc.model_infer(request).await });
+    let call = tokio::spawn(grpc_identity(gateway.grpc_addr, Some(Duration::from_millis(600))));
     wait_for_metric(&gateway, Duration::from_secs(2), |t| outstanding(t) == 1.0).await.expect("the gRPC request's attempt never started");
     let status = call.await.expect("call task").expect_err("the worker hangs");
     // From the server (which answers just before the deadline) or from tonic's own timer, whichever comes first.
@@ -672,18 +681,6 @@ async fn a_hanging_endpoint_does_not_slow_the_health_checks_of_the_others() {
     assert!(out < Duration::from_millis(1500), "taken out {out:?} after it turned unready");
 }
 
-/// A gRPC call to `identity` on `addr` with `deadline`.
-async fn grpc_identity(addr: SocketAddr, deadline: Duration) -> Result<tonic::Response<sluice::protocol::grpc::pb::ModelInferResponse>, tonic::Status> {
-    let mut grpc = sluice::protocol::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("gRPC connect");
-    let data: Vec<f32> = (0..256).map(|i| i as f32).collect();
-    let tensor = sluice::tensor::Tensor::from_slice(sluice::tensor::DataType::F32, vec![1, 256], &data).expect("tensor");
-    let mut request = tonic::Request::new(sluice::protocol::grpc::encode_request("identity", None, None, &[sluice::protocol::NamedTensor { name: "input".into(), tensor }]));
-    request.set_timeout(deadline);
-    grpc.model_infer(request).await
-}
-
 /// A gRPC pool tells its workers how long each attempt is waited for (`grpc-timeout`), lowered to the client's own
 /// deadline: a worker whose batcher would hold a lone request for 5 s runs it before that deadline instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -696,7 +693,7 @@ async fn grpc_workers_are_told_the_clients_deadline() {
     let gateway = start_gateway(config).await;
     let started = Instant::now();
     // The answer may or may not beat the deadline by the worker's margin (a few ms); either way the worker ran it.
-    let result = grpc_identity(gateway.grpc_addr, Duration::from_secs(1)).await;
+    let result = grpc_identity(gateway.grpc_addr, Some(Duration::from_secs(1))).await;
     assert!(started.elapsed() < Duration::from_millis(2500), "answered after {:?}", started.elapsed());
     assert_eq!(worker_count(worker.addr.port()).await, 1, "the worker held the request past its deadline: {result:?}");
 }
@@ -717,7 +714,7 @@ async fn a_batch_attempt_ends_at_its_clients_deadline_without_blaming_the_endpoi
     let gateway = start_gateway(config).await;
     proxy.set(Behaviour::HangInfer);
     let started = Instant::now();
-    let status = grpc_identity(gateway.grpc_addr, Duration::from_millis(600)).await.expect_err("the worker hangs");
+    let status = grpc_identity(gateway.grpc_addr, Some(Duration::from_millis(600))).await.expect_err("the worker hangs");
     assert!(matches!(status.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled), "{status:?}");
     let outstanding = |t: &str| metric(t, "sluice_upstream_outstanding_requests", &[("endpoint", &endpoint)]);
     wait_for_metric(&gateway, Duration::from_secs(3), |t| outstanding(t) == 0.0).await.expect("the batch's attempt outlived its client");
@@ -762,8 +759,7 @@ async fn a_pool_presents_its_api_key_to_workers_that_require_one() {
 
     // No key (the metadata declared, so that the gateway starts): the worker's metadata refuses it, so it gets no traffic.
     let mut upstream = pool(vec![worker.addr.to_string()], UpstreamProtocol::Http);
-    let tensor = |name: &str| sluice::config::DeclaredTensor { name: name.into(), datatype: "FP32".into(), shape: vec![-1, 256] };
-    upstream.signatures.insert("identity".into(), sluice::config::DeclaredSignature { version: None, inputs: vec![tensor("input")], outputs: vec![tensor("output")] });
+    upstream.signatures.insert("identity".into(), declared_identity("output"));
     let gateway = start_gateway(upstream).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let r = gateway.infer("identity", &identity_request(2.0)).await;
@@ -802,13 +798,7 @@ async fn a_malformed_answer_is_a_502_with_a_clear_message() {
     }
     // Malformed answers are not retried (the upstream did run the request).
     assert_eq!(garbage.infers(), 3);
-    let mut grpc = sluice::protocol::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient::connect(format!("http://{}", gateway.grpc_addr))
-        .await
-        .expect("gRPC connect");
-    let data: Vec<f32> = (0..256).map(|i| i as f32).collect();
-    let tensor = sluice::tensor::Tensor::from_slice(sluice::tensor::DataType::F32, vec![1, 256], &data).expect("tensor");
-    let request = sluice::protocol::grpc::encode_request("identity", None, None, &[sluice::protocol::NamedTensor { name: "input".into(), tensor }]);
-    let status = grpc.model_infer(request).await.expect_err("a malformed upstream answer is an error");
+    let status = grpc_identity(gateway.grpc_addr, None).await.expect_err("a malformed upstream answer is an error");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains("malformed"), "{status:?}");
     garbage.set(Behaviour::Forward(Duration::ZERO));

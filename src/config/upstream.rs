@@ -127,23 +127,21 @@ pub struct DeclaredTensor {
 }
 
 impl DeclaredSignature {
+    /// The signature it declares, checked as a worker's metadata answer is (datatypes, shapes, unique names).
+    pub fn signature(&self) -> Result<crate::backend::ModelSignature, crate::protocol::model_metadata::MetadataError> {
+        fn fields(t: &DeclaredTensor) -> (&str, &str, &[i64]) {
+            (t.name.as_str(), t.datatype.as_str(), t.shape.as_slice())
+        }
+        crate::protocol::model_metadata::signature_from(self.inputs.iter().map(fields), self.outputs.iter().map(fields))
+    }
+
     /// What is wrong with it, if anything.
     fn problem(&self) -> Option<String> {
         if self.inputs.is_empty() || self.outputs.is_empty() {
             return Some("needs at least one input and one output".into());
         }
-        for (kind, tensors) in [("input", &self.inputs), ("output", &self.outputs)] {
-            for (i, t) in tensors.iter().enumerate() {
-                if t.name.is_empty() || tensors[..i].iter().any(|o| o.name == t.name) {
-                    return Some(format!("{kind} names must be unique and not empty ('{}')", t.name));
-                }
-                if crate::tensor::DataType::from_v2_name(&t.datatype).is_none() {
-                    return Some(format!("{kind} '{}': '{}' is not a V2 datatype (BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64, BYTES)", t.name, t.datatype));
-                }
-                if t.shape.iter().any(|&d| d < -1) {
-                    return Some(format!("{kind} '{}': dimensions are -1 (variable) or 0 and above", t.name));
-                }
-            }
+        if let Err(e) = self.signature() {
+            return Some(e.to_string());
         }
         // Written as the workers spell it in paths: no sign, no leading zero.
         if self.version.as_deref().is_some_and(|v| v.parse::<u64>().map_or(true, |n| n == 0 || n.to_string() != v)) {

@@ -119,6 +119,23 @@ pub const ALL: &[MetricDef] = &[
     def(PROCESS_START_TIME, Kind::Gauge, "Start time of the Sluice process, in seconds since the Unix epoch."),
 ];
 
+/// Starts a family that is written by hand at render time (process readings, upstream endpoints): a blank line
+/// after what came before, then its `# HELP` and `# TYPE` lines from this catalogue. `false`, and nothing written,
+/// for a name the catalogue does not hold.
+pub fn write_family_header(out: &mut String, name: &str) -> bool {
+    let Some(def) = ALL.iter().find(|d| d.name == name) else { return false };
+    let kind = match def.kind {
+        Kind::Counter => "counter",
+        Kind::Gauge => "gauge",
+        Kind::Histogram => "histogram",
+    };
+    if !out.is_empty() && !out.ends_with("\n\n") {
+        out.push('\n');
+    }
+    out.push_str(&format!("# HELP {name} {}\n# TYPE {name} {kind}\n", def.help));
+    true
+}
+
 /// Buckets for the duration histograms: from 25 µs (a cache hit, a fast 429) to 10 s (a long queue).
 pub const DURATION_BUCKETS: &[f64] =
     &[0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];

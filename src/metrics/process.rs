@@ -13,7 +13,6 @@ pub struct ProcessReading {
 /// Appends the readings in the Prometheus text format. Written by hand rather than through the recorder because
 /// `process_cpu_seconds_total` is a fractional counter, which the `metrics` counters (integers) cannot hold.
 pub fn write_exposition(out: &mut String, r: &ProcessReading) {
-    use super::catalogue::{Kind, ALL};
     use std::fmt::Write;
     let values = [
         (super::catalogue::PROCESS_RSS, r.resident_bytes.map(|v| v as f64)),
@@ -23,12 +22,10 @@ pub fn write_exposition(out: &mut String, r: &ProcessReading) {
         (super::catalogue::PROCESS_START_TIME, r.start_time_seconds),
     ];
     for (name, value) in values {
-        let (Some(value), Some(def)) = (value, ALL.iter().find(|d| d.name == name)) else { continue };
-        let kind = if def.kind == Kind::Counter { "counter" } else { "gauge" };
-        if !out.is_empty() && !out.ends_with("\n\n") {
-            out.push('\n');
+        let Some(value) = value else { continue };
+        if super::catalogue::write_family_header(out, name) {
+            let _ = writeln!(out, "{name} {value}");
         }
-        let _ = write!(out, "# HELP {name} {}\n# TYPE {name} {kind}\n{name} {value}\n", def.help);
     }
 }
 

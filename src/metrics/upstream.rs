@@ -6,7 +6,7 @@
 //! written at scrape time: an endpoint that has left its pool — and whose last attempt has ended — is gone from the
 //! next scrape. Prometheus marks its series stale, as it does for a pod that went away.
 
-use super::catalogue::{self, Kind};
+use super::catalogue;
 use parking_lot::Mutex;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,14 +76,19 @@ impl EndpointStats {
         self.duration_nanos.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
-    /// An attempt began (counted as outstanding until [`EndpointStats::attempt_ended`]). Counted up and down here
-    /// rather than copied from the balancer's own count, so that racing attempts cannot leave a stale value.
+    /// An attempt began (counted as outstanding until [`EndpointStats::attempt_ended`]). The balancer reads the same
+    /// count ([`EndpointStats::outstanding`]), so it is kept once.
     pub fn attempt_began(&self) {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn attempt_ended(&self) {
         self.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Attempts in flight now.
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding.load(Ordering::Relaxed)
     }
 
     pub fn set_available(&self, available: bool) {
@@ -122,16 +127,9 @@ impl EndpointRegistry {
             return;
         }
         for name in FAMILIES {
-            let Some(def) = catalogue::ALL.iter().find(|d| d.name == name) else { continue };
-            if !out.is_empty() && !out.ends_with("\n\n") {
-                out.push('\n');
+            if !catalogue::write_family_header(out, name) {
+                continue;
             }
-            let kind = match def.kind {
-                Kind::Counter => "counter",
-                Kind::Gauge => "gauge",
-                Kind::Histogram => "histogram",
-            };
-            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", def.help);
             for stats in &live {
                 write_series(out, name, stats);
             }

@@ -94,6 +94,17 @@ pub fn from_grpc(resp: pb::ModelMetadataResponse) -> Result<RemoteMetadata, Meta
     Ok(RemoteMetadata { name: resp.name, versions: resp.versions, platform: resp.platform, signature })
 }
 
+/// A signature written as V2 metadata's `inputs` and `outputs` lists of (name, datatype, shape), checked as a
+/// server's answer is: what a gateway's configuration declares (`[upstreams.signatures.<model>]`). Empty names and
+/// datatypes count as missing.
+pub fn signature_from<'a>(
+    inputs: impl Iterator<Item = (&'a str, &'a str, &'a [i64])>,
+    outputs: impl Iterator<Item = (&'a str, &'a str, &'a [i64])>,
+) -> Result<ModelSignature, MetadataError> {
+    let fields = |(name, datatype, shape): (&'a str, &'a str, &'a [i64])| TensorFields { name: present(name), datatype: present(datatype), shape: Some(shape) };
+    Ok(ModelSignature { inputs: specs("inputs", inputs.map(fields))?, outputs: specs("outputs", outputs.map(fields))? })
+}
+
 fn missing(field: &str) -> MetadataError {
     MetadataError::Missing(field.to_string())
 }

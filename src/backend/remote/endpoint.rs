@@ -6,7 +6,7 @@ use crate::config::{EjectionConfig, HealthCheckConfig};
 use crate::metrics::upstream::{Ejection, EndpointStats};
 use crate::metrics::Metrics;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -59,12 +59,12 @@ pub struct Endpoint {
     /// `host:port` as listed or resolved.
     pub address: String,
     pub client: EndpointClient,
-    outstanding: AtomicUsize,
     slots: Arc<Semaphore>,
     /// (estimate in seconds, when it was last updated).
     latency: Mutex<(f64, Instant)>,
     health: Mutex<Health>,
-    /// Its series on `/metrics`, gone once the endpoint leaves its pool and its last attempt ends.
+    /// Its counts — the attempts in flight, which the balancer reads too — and its series on `/metrics`, gone once
+    /// the endpoint leaves its pool and its last attempt ends.
     metrics: Arc<EndpointStats>,
     /// A health check (and metadata check) of it is running: the next round skips it rather than wait.
     checking: AtomicBool,
@@ -79,7 +79,6 @@ pub struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.endpoint.outstanding.fetch_sub(1, Ordering::AcqRel);
         self.endpoint.metrics.attempt_ended();
     }
 }
@@ -96,7 +95,6 @@ impl Endpoint {
         Endpoint {
             address,
             client,
-            outstanding: AtomicUsize::new(0),
             slots: Arc::new(Semaphore::new(max_concurrency)),
             latency: Mutex::new((0.0, Instant::now())),
             health: Mutex::new(Health {
@@ -141,7 +139,7 @@ impl Endpoint {
         let (estimate, at) = *self.latency.lock();
         let decayed = estimate * (-now.saturating_duration_since(at).as_secs_f64() / EWMA_DECAY.as_secs_f64()).exp();
         // A floor keeps outstanding counts meaningful between endpoints that both answer in no measurable time.
-        (decayed.max(1e-6)) * (self.outstanding.load(Ordering::Acquire) + 1) as f64
+        (decayed.max(1e-6)) * (self.metrics.outstanding() + 1) as f64
     }
 
     pub fn has_free_slot(&self) -> bool {
@@ -163,7 +161,6 @@ impl Endpoint {
     }
 
     fn in_flight(&self, slot: OwnedSemaphorePermit, started: Instant) -> InFlight<'_> {
-        self.outstanding.fetch_add(1, Ordering::AcqRel);
         self.metrics.attempt_began();
         InFlight { endpoint: self, started, _slot: slot }
     }

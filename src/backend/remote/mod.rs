@@ -96,7 +96,7 @@ pub async fn load_pool(
         let pool = pool.clone();
         async move {
             match config.signatures.get(name) {
-                Some(declared) => Ok(pool.declare(name, declared, idempotent)),
+                Some(declared) => pool.declare(name, declared, idempotent),
                 None => pool.discover(name, idempotent).await,
             }
         }

@@ -6,12 +6,12 @@ use super::budget::RetryBudget;
 use super::endpoint::{Endpoint, OUTCOMES};
 use super::error::{AttemptError, UpstreamError};
 use super::transport::{self, EndpointClient, HttpClient, Prepared};
-use crate::backend::{ModelSignature, RawAnswer, RawInfer, TensorSpec};
+use crate::backend::{ModelSignature, RawAnswer, RawInfer};
 use crate::config::{DeclaredSignature, UpstreamConfig};
 use crate::metrics::{catalogue, Metrics};
 use crate::protocol::json::DecodeLimits;
 use crate::protocol::NamedTensor;
-use crate::tensor::{DataType, Tensor};
+use crate::tensor::Tensor;
 use ::metrics::Counter;
 use parking_lot::RwLock;
 use rand::Rng;
@@ -138,7 +138,6 @@ impl Pool {
     fn set_addresses(&self, addresses: Vec<String>) -> Result<(), PoolError> {
         let current = self.endpoints();
         let mut departed = self.departed.lock();
-        departed.retain(|e| e.strong_count() > 0);
         let mut next = Vec::with_capacity(addresses.len());
         for address in addresses {
             if next.iter().any(|e: &Arc<Endpoint>| e.address == address) {
@@ -227,20 +226,15 @@ impl Pool {
 
     /// Serves `model` with the metadata the configuration declares (`upstreams.signatures`), asking no endpoint: the
     /// gateway can start with no worker up. Endpoints are checked against it like against a discovered one.
-    pub fn declare(&self, model: &str, declared: &DeclaredSignature, idempotent: bool) -> Arc<RemoteModelSpec> {
-        // The configuration was validated: every datatype parses.
-        let specs = |tensors: &[crate::config::DeclaredTensor]| {
-            tensors
-                .iter()
-                .filter_map(|t| Some(TensorSpec { name: t.name.clone(), dtype: DataType::from_v2_name(&t.datatype)?, dims: t.shape.clone() }))
-                .collect()
-        };
-        let signature = ModelSignature { inputs: specs(&declared.inputs), outputs: specs(&declared.outputs) };
+    pub fn declare(&self, model: &str, declared: &DeclaredSignature, idempotent: bool) -> Result<Arc<RemoteModelSpec>, PoolError> {
+        let signature = declared
+            .signature()
+            .map_err(|e| PoolError::Setup { pool: self.name.clone(), message: format!("upstreams.signatures.{model}: {e}") })?;
         let version = declared.version.clone();
         let infer_path = transport::infer_path(model, version.as_deref());
         let spec = Arc::new(RemoteModelSpec { name: model.into(), version, signature, idempotent, infer_path });
         self.models.write().push(spec.clone());
-        spec
+        Ok(spec)
     }
 
     fn metadata_timeout(&self) -> Duration {
@@ -533,13 +527,12 @@ async fn verify_endpoint(endpoint: &Endpoint, models: &[Arc<RemoteModelSpec>], t
                     return;
                 }
             }
-            Ok(Err(e)) => {
-                endpoint.verification_failed(format!("model '{}': {e}", model.name));
-                endpoint.publish(Instant::now());
-                return;
-            }
-            Err(_) => {
-                endpoint.verification_failed(format!("model '{}': no metadata answer within {timeout:?}", model.name));
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no metadata answer within {timeout:?}"),
+                };
+                endpoint.verification_failed(format!("model '{}': {why}", model.name));
                 endpoint.publish(Instant::now());
                 return;
             }

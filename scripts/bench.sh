@@ -35,6 +35,28 @@ echo "== identity, concurrency 1"
 echo "== wide, 3x overload (open loop at 3x the binary closed-loop throughput)"
 RATE=$(python3 -c "import json;print(round(3*json.load(open('$OUT/wide_c64_binary.json'))['throughput_rps']))")
 "${CLIENT[@]}" bench --url "$URL" -m wide --rate "$RATE" -d "$DUR" --warmup 0s --binary --json >"$OUT/wide_overload_3x.json"
+echo "== wide, closed-loop overload: 512 clients that send again as soon as they are answered (429s included)"
+"${CLIENT[@]}" bench --url "$URL" -m wide -c 512 -d "$DUR" --warmup 2s --json >"$OUT/wide_overload_c512.json"
+if command -v wrk >/dev/null; then
+  python3 -c "
+import json, random
+random.seed(1)
+print(json.dumps({'inputs': [{'name': 'input', 'shape': [1, 512], 'datatype': 'FP32', 'data': [round(random.uniform(-1, 1), 6) for _ in range(512)]}]}))" >"$OUT/wide_request.json"
+  cat >"$OUT/post.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open("$OUT/wide_request.json", "r"); wrk.body = f:read("*a"); f:close()
+LUA
+  for c in 64 512; do
+    taskset -c 1 wrk -t1 -c$c -d"$DUR" --latency -s "$OUT/post.lua" "$URL/v2/models/wide/infer" >"$OUT/wrk_wide_c$c.txt" 2>&1 || true
+  done
+fi
+echo "== one client at a time (concurrency 1), shipped settings: a lone request's latency and queue wait"
+for m in fraud_mlp wide; do
+  curl -s "http://$ADMIN_ADDR/metrics" >"$OUT/metrics_before_c1_$m.txt"
+  "${CLIENT[@]}" bench --url "$URL" -m "$m" -c 1 -d 10s --warmup 1s --json >"$OUT/${m}_c1_json.json"
+  curl -s "http://$ADMIN_ADDR/metrics" >"$OUT/metrics_after_c1_$m.txt"
+done
 if [ -x .venv-bench/bin/perf_analyzer ]; then
   echo "== perf_analyzer (tritonclient 2.40.0), wide, concurrency 64"
   python3 -c "

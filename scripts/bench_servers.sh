@@ -23,6 +23,7 @@ start_server() {
     fi
     ADDR=$(sed -n 's/^sluice listening http=\([^ ]*\).*/\1/p' "$OUT/$name.out")
     GRPC_ADDR=$(sed -n 's/^sluice listening .*grpc=\([^ ]*\).*/\1/p' "$OUT/$name.out")
+    ADMIN_ADDR=$(sed -n 's/^sluice listening .*admin=\([^ ]*\).*/\1/p' "$OUT/$name.out")
     [ -n "$ADDR" ] && return 0
     sleep 0.1
   done

@@ -18,7 +18,8 @@ base_id = load("baseline_identity")
 print("| scenario | throughput (req/s) | p50 us | p90 us | p99 us | max us | statuses | server batches (mean rows) |")
 print("|---|---|---|---|---|---|---|---|")
 for name in ["wide_c64_json", "wide_c64_binary", "wide_c64_grpc", "identity_c1_blocking_binary", "identity_c1_blocking_json",
-             "identity_c1_hyper_binary", "identity_c1_grpc", "wide_overload_3x"]:
+             "identity_c1_hyper_binary", "identity_c1_grpc", "wide_overload_3x", "wide_overload_c512", "fraud_mlp_c1_json",
+             "wide_c1_json"]:
     r = load(name)
     if not r:
         continue
@@ -62,3 +63,54 @@ for name in ["perf_analyzer_wide_c64", "perf_analyzer_wide_c64_grpc", "perf_anal
         m = re.search(r"Throughput: ([\d.]+) infer/sec.*?p50 latency: (\d+) usec.*?p99 latency: (\d+) usec", text, re.S)
         if m:
             print(f"{name}: {m.group(1)} infer/s, p50 {m.group(2)} us, p99 {m.group(3)} us")
+closed = load("wide_overload_c512")
+if closed and sat:
+    rej = closed["latency_rejected"] or {}
+    print(f"closed-loop overload (512 clients): goodput {closed['throughput_rps']:.0f} req/s = "
+          f"{closed['throughput_rps'] / sat['throughput_rps']:.3f} x saturation ({sat['throughput_rps']:.0f}); statuses {closed['status']}; "
+          f"accepted p99 {closed['latency_ok']['p99_us']} us; rejections p50 {rej.get('p50_us')} us, p99 {rej.get('p99_us')} us")
+
+
+def wrk(path):
+    """Requests/s, answers 200/s, p50 and p99 of a wrk --latency report."""
+    text = open(path).read()
+    total = re.search(r"(\d+) requests in ([\d.]+)s", text)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    p50 = re.search(r"50%\s+(\S+)", text)
+    p99 = re.search(r"99%\s+(\S+)", text)
+    if not total:
+        return None
+    n, secs = int(total.group(1)), float(total.group(2))
+    good = n - (int(bad.group(1)) if bad else 0)
+    return n / secs, good / secs, p50.group(1) if p50 else "?", p99.group(1) if p99 else "?"
+
+
+runs = {c: wrk(os.path.join(out, f"wrk_wide_c{c}.txt")) for c in (64, 512) if os.path.exists(os.path.join(out, f"wrk_wide_c{c}.txt"))}
+for c, r in runs.items():
+    if r:
+        print(f"wrk -c{c} wide JSON: {r[0]:.0f} answers/s, {r[1]:.0f} answers 200/s, p50 {r[2]}, p99 {r[3]}")
+if runs.get(64) and runs.get(512):
+    print(f"wrk closed-loop overload goodput: {runs[512][1]:.0f} / {runs[64][1]:.0f} = {runs[512][1] / runs[64][1]:.3f} of c=64")
+
+
+def queue_mean(model, when):
+    path = os.path.join(out, f"metrics_{when}_c1_{model}.txt")
+    if not os.path.exists(path):
+        return None
+    total = count = 0.0
+    for line in open(path):
+        m = re.match(r'sluice_queue_duration_seconds_(sum|count)\{model="' + model + r'",version="\d+"\} (\S+)', line)
+        if m and m.group(1) == "sum":
+            total += float(m.group(2))
+        elif m:
+            count += float(m.group(2))
+    return total, count
+
+
+for model in ("fraud_mlp", "wide"):
+    before, after = queue_mean(model, "before"), queue_mean(model, "after")
+    r = load(f"{model}_c1_json")
+    if before and after and r and after[1] > before[1]:
+        mean = (after[0] - before[0]) / (after[1] - before[1])
+        print(f"{model} c=1 JSON: p50 {r['latency_ok']['p50_us']} us, p99 {r['latency_ok']['p99_us']} us, "
+              f"mean queue wait {mean * 1e6:.0f} us over {after[1] - before[1]:.0f} requests")

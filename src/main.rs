@@ -71,8 +71,17 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config, String> {
     }
 }
 
+/// The async runtime; its threads run at `nice` (see `server.runtime_thread_nice`).
+fn runtime_at(nice: i32) -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(move || sluice::scheduler::lower_thread_priority(nice))
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("cannot start the async runtime: {e}"))
+    runtime_at(0)
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
@@ -99,7 +108,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let source = args.config.clone().unwrap_or_else(|| PathBuf::from("the command line"));
     config.validate(&source).map_err(|e| e.to_string())?;
     sluice::logging::init(&config.logging);
-    runtime()?.block_on(async {
+    runtime_at(config.server.runtime_thread_nice)?.block_on(async {
         let running = sluice::app::start(&config, sluice::server::shutdown_signal()).await.map_err(|e| e.to_string())?;
         let off = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
         let (admin, scaler) = (off(running.admin_addr), off(running.scaler_addr));

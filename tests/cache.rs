@@ -15,7 +15,7 @@ use std::time::Duration;
 /// long enough for identical ones to join them, with no timing luck involved. At most `capacity` requests queue.
 fn held_identity(hold: &str, capacity: usize) -> String {
     format!(
-        "max_batch_size = 64\n[dynamic_batching]\nmax_queue_delay = \"{hold}\"\npreferred_batch_sizes = [64]\n\
+        "max_batch_size = 64\n[dynamic_batching]\nmax_queue_delay = \"{hold}\"\nwait_when_alone = true\npreferred_batch_sizes = [64]\n\
          [queue]\ntimeout = \"10s\"\ncapacity = {capacity}\n[cache]\nenabled = true\n"
     )
 }

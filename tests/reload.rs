@@ -414,7 +414,7 @@ async fn running_requests_finish_on_the_version_they_started_on() {
     std::fs::create_dir_all(&dir).unwrap();
     place(&dir, 1, "identity");
     // A lone request waits 1.5 s in the queue for company: long enough to act while it is in flight.
-    std::fs::write(dir.join("model.toml"), "max_batch_size = 8\n[dynamic_batching]\nmax_queue_delay = \"1500ms\"\n[queue]\ntimeout = \"10s\"\n").unwrap();
+    std::fs::write(dir.join("model.toml"), "max_batch_size = 8\n[dynamic_batching]\nmax_queue_delay = \"1500ms\"\nwait_when_alone = true\n[queue]\ntimeout = \"10s\"\n").unwrap();
     let server = Arc::new(start_with(config(&repo, Duration::ZERO), Some(repo)).await);
     let queued = |server: &Server| server.running.as_ref().unwrap().state.repository.get("slow", None).map(|m| m.scheduler.depth().0).unwrap_or(0);
 

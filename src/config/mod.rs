@@ -325,6 +325,12 @@ pub struct ServerConfig {
     /// ... and closed when a ping is not answered within this time.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
+    /// Niceness (Linux, 0..=19) of the async runtime's threads, which read, parse, refuse and answer requests. Above
+    /// 0, model compute (instance threads, at `model_defaults.instance_thread_nice`) wins the CPU when they compete:
+    /// under a storm of clients that retry at once after a 429, refusing them no longer starves the model (goodput
+    /// 0.09 of saturation with the opposite order, docs/BENCHMARKS.md), while the runtime keeps a share (about a
+    /// tenth at 10) for answers, health probes and new requests. Applied by `sluice serve`; 0 turns it off.
+    pub runtime_thread_nice: i32,
 }
 
 impl Default for ServerConfig {
@@ -345,6 +351,7 @@ impl Default for ServerConfig {
             max_concurrent_streams: 256,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
+            runtime_thread_nice: 10,
         }
     }
 }
@@ -419,9 +426,13 @@ pub struct ModelDefaults {
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
     pub threads: usize,
-    /// Niceness of model instance threads (Linux), 0..=19. Above 0, the threads that parse requests, reject overload
-    /// and answer health probes win the CPU over model compute when they share cores; 0 turns it off.
+    /// Niceness of model instance threads (Linux), 0..=19. Default 0: compute wins the CPU over the runtime's threads
+    /// (see `server.runtime_thread_nice`). Set it above `server.runtime_thread_nice` only to favour request handling
+    /// over compute when they share cores (the default before 2026-12: 10, which let a rejection storm starve the model).
     pub instance_thread_nice: i32,
+    /// The batcher ends its waits for a fuller batch with a timerfd, to the microsecond (see `scheduler::timer`);
+    /// false: Tokio's timer, which rounds every wait up to the next whole millisecond.
+    pub precise_batch_timer: bool,
 }
 
 impl Default for ModelDefaults {
@@ -431,7 +442,8 @@ impl Default for ModelDefaults {
             queue_capacity: 1024,
             queue_timeout: Duration::from_secs(10),
             threads: 1,
-            instance_thread_nice: 10,
+            instance_thread_nice: 0,
+            precise_batch_timer: true,
         }
     }
 }
@@ -485,6 +497,11 @@ pub struct DynamicBatchingFile {
     pub max_queue_delay: Option<Duration>,
     /// Batch sizes worth waiting for: reaching one dispatches at once.
     pub preferred_batch_sizes: Vec<usize>,
+    /// Whether a lone request waits `max_queue_delay` for company when the model's previous batch was a single request
+    /// too. Default false: at low load (one client, or arrivals further apart than a batch's compute) no batch can
+    /// form, and the wait only added its whole length to every answer (`wide`, 5 ms delay: c=1 p50 9.1 ms, 3.2 ms
+    /// without it; docs/BENCHMARKS.md). As soon as a batch of two or more forms (more clients), waits resume.
+    pub wait_when_alone: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -512,6 +529,8 @@ pub struct ModelSettings {
     pub execution_providers: Vec<ExecutionProviderKind>,
     pub max_queue_delay: Duration,
     pub preferred_batch_sizes: Vec<usize>,
+    /// See [`DynamicBatchingFile::wait_when_alone`].
+    pub wait_when_alone: bool,
     pub queue_capacity: usize,
     pub queue_max_rows: usize,
     pub queue_timeout: Duration,
@@ -519,6 +538,8 @@ pub struct ModelSettings {
     pub default_priority: u32,
     /// See [`ModelDefaults::instance_thread_nice`].
     pub instance_thread_nice: i32,
+    /// See [`ModelDefaults::precise_batch_timer`].
+    pub precise_batch_timer: bool,
     /// Responses are cached (and identical requests coalesced).
     pub cache_enabled: bool,
     /// This model's entry lifetime when it lowers the server's `cache.ttl`.
@@ -592,12 +613,14 @@ impl ModelFile {
             execution_providers,
             max_queue_delay: self.dynamic_batching.max_queue_delay.unwrap_or(Duration::ZERO),
             preferred_batch_sizes: preferred,
+            wait_when_alone: self.dynamic_batching.wait_when_alone.unwrap_or(false),
             queue_capacity,
             queue_max_rows,
             queue_timeout,
             priority_levels,
             default_priority,
             instance_thread_nice: defaults.instance_thread_nice,
+            precise_batch_timer: defaults.precise_batch_timer,
             cache_enabled: self.cache.enabled,
             cache_ttl: self.cache.ttl,
             idempotent: self.idempotent.unwrap_or(true),
@@ -636,6 +659,9 @@ impl Config {
         }
         if let Some(tls) = self.admin.tls.as_ref().filter(|_| self.admin.enabled) {
             tls.validate(true, path)?;
+        }
+        if !(0..=19).contains(&self.server.runtime_thread_nice) {
+            return Err(invalid("server.runtime_thread_nice", "must be between 0 and 19"));
         }
         if !(0..=19).contains(&self.model_defaults.instance_thread_nice) {
             return Err(invalid("model_defaults.instance_thread_nice", "must be between 0 and 19"));

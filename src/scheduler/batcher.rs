@@ -5,12 +5,15 @@
 //! when the model asks for fuller batches).
 
 use super::queue::{Formed, Queue};
+use super::timer::BatchTimer;
 use super::worker::{BatchJob, Dispatch};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Semaphore;
 
 pub async fn run(queue: Arc<Queue>, permits: Arc<Semaphore>, dispatch: Dispatch) {
+    let mut timer = BatchTimer::new(queue.settings().precise_batch_timer);
+    tracing::debug!(model = queue.model(), precise = timer.is_precise(), "batcher started");
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
@@ -23,7 +26,7 @@ pub async fn run(queue: Arc<Queue>, permits: Arc<Semaphore>, dispatch: Dispatch)
                 Formed::WaitUntil(at) => {
                     tokio::select! {
                         _ = queue.notify.notified() => {}
-                        _ = tokio::time::sleep_until(at.into()) => {}
+                        _ = timer.sleep_until(at) => {}
                     }
                 }
             }

@@ -8,6 +8,7 @@
 mod batcher;
 mod queue;
 pub mod stats;
+mod timer;
 mod worker;
 
 use crate::backend::{BackendError, Executor, ModelSignature, RawAnswer, RawInfer, UpstreamError};
@@ -16,6 +17,7 @@ use crate::metrics::{ModelMetrics, RejectReason};
 use crate::scaling::LoadTracker;
 use crate::tensor::Tensor;
 use queue::{Admission, Entry, Queue, Ticket};
+pub use worker::lower_priority as lower_thread_priority;
 use stats::ModelStats;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,8 +99,16 @@ impl Scheduler {
             Executor::Threads(instances) => {
                 let handoff = Arc::new(worker::Handoff::default());
                 for (index, instance) in instances.into_iter().enumerate() {
-                    let nice = settings.instance_thread_nice;
-                    worker::spawn(format!("{model}#{index}"), instance, handoff.clone(), observers.clone(), index, output_count, nice);
+                    let thread = worker::InstanceThread {
+                        name: format!("{model}#{index}"),
+                        handoff: handoff.clone(),
+                        queue: queue.clone(),
+                        observers: observers.clone(),
+                        index,
+                        output_count,
+                        nice: settings.instance_thread_nice,
+                    };
+                    worker::spawn(instance, thread);
                 }
                 worker::Dispatch::Threads(handoff)
             }
@@ -179,6 +189,22 @@ impl Scheduler {
             return None;
         }
         self.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// Refuses a request before it is read or decoded when the queue is already full even for one row: the cheap 429
+    /// of an overload. Under a rejection storm (clients that send again as soon as they are refused) the work of
+    /// refusing competes for the CPU with the model's compute; reading and decoding a body only to refuse it was most
+    /// of that work (docs/BENCHMARKS.md, overload). Counted as the queue's own refusal is (stats, metrics, arrivals).
+    /// A request that passes here can still be refused by [`Scheduler::infer`] (the check is not a reservation).
+    pub fn refuse_if_full(&self) -> Option<ScheduleError> {
+        if self.queue.is_closed() {
+            return None;
+        }
+        let full = self.queue.full_for(1)?;
+        self.load.arrived(1);
+        self.stats.record_rejection();
+        self.metrics.rejected(RejectReason::QueueFull);
+        Some(full)
     }
 
     /// Queues one request and waits for its outputs (all of the model's outputs, in signature order).

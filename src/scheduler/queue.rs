@@ -86,6 +86,10 @@ pub struct Queue {
     requests: AtomicUsize,
     rows: AtomicUsize,
     closed: AtomicBool,
+    /// Requests in the last batch formed (see [`DynamicBatchingFile::wait_when_alone`]); written under the levels' lock.
+    ///
+    /// [`DynamicBatchingFile::wait_when_alone`]: crate::config::DynamicBatchingFile::wait_when_alone
+    last_batch_requests: AtomicUsize,
     pub(super) notify: Notify,
 }
 
@@ -99,6 +103,7 @@ impl Queue {
             requests: AtomicUsize::new(0),
             rows: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            last_batch_requests: AtomicUsize::new(0),
             notify: Notify::new(),
         }
     }
@@ -124,22 +129,30 @@ impl Queue {
         self.notify.notify_one();
     }
 
+    /// The refusal a request of `rows` rows gets now because the queue is full; `None` when it fits.
+    pub fn full_for(&self, rows: usize) -> Option<ScheduleError> {
+        let (requests, queued_rows) = self.depth();
+        if requests + 1 > self.settings.queue_capacity || queued_rows + rows > self.settings.queue_max_rows {
+            return Some(ScheduleError::QueueFull {
+                model: self.model.clone(),
+                requests,
+                rows: queued_rows,
+                max_requests: self.settings.queue_capacity,
+                max_rows: self.settings.queue_max_rows,
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        None
+    }
+
     /// Admits an entry at `level` (1-based), or rejects it at once when the queue is full or closed.
     pub fn admit(&self, entry: Entry, level: u32) -> Admission {
         let mut levels = self.levels.lock();
         if self.is_closed() {
             return Admission::Rejected(ScheduleError::ShuttingDown(self.model.clone()));
         }
-        let (requests, rows) = self.depth();
-        if requests + 1 > self.settings.queue_capacity || rows + entry.rows > self.settings.queue_max_rows {
-            return Admission::Rejected(ScheduleError::QueueFull {
-                model: self.model.clone(),
-                requests,
-                rows,
-                max_requests: self.settings.queue_capacity,
-                max_rows: self.settings.queue_max_rows,
-                retry_after: Duration::from_secs(1),
-            });
+        if let Some(full) = self.full_for(entry.rows) {
+            return Admission::Rejected(full);
         }
         // Withdrawn entries stay in place until the batcher passes; sweep them if they pile up behind busy instances.
         let physical: usize = levels.iter().map(VecDeque::len).sum();
@@ -222,9 +235,11 @@ impl Queue {
         };
         // Rows available for a batch shaped like the head, taken in priority order, never splitting a request.
         let mut available = 0usize;
+        let mut queued = 0usize;
         let mut oldest = head.enqueued;
         let mut dispatch_before = dispatch_by(head);
         for e in levels.iter().flat_map(|l| l.iter()).filter(|e| live(e)) {
+            queued += 1;
             oldest = oldest.min(e.enqueued);
             dispatch_before = dispatch_before.min(dispatch_by(e));
             if fits(e) && available + e.rows <= s.max_batch_size {
@@ -233,7 +248,10 @@ impl Queue {
         }
         let preferred = s.preferred_batch_sizes.iter().copied().filter(|&p| p <= available).max();
         let full = available >= s.max_batch_size;
-        if !full && preferred.is_none() && !s.max_queue_delay.is_zero() && !self.is_closed() {
+        // A lone request after a lone batch: nobody has been coming to share a batch, so waiting would only delay it.
+        // (No batch yet counts as lone: the first request of a burst runs at once, and the burst's next batch waits.)
+        let alone = !s.wait_when_alone && queued <= 1 && self.last_batch_requests.load(Ordering::Relaxed) <= 1;
+        if !full && preferred.is_none() && !alone && !s.max_queue_delay.is_zero() && !self.is_closed() {
             // Waiting for a fuller batch must never make a request miss its deadline: stop a little before the earliest.
             let until = (oldest + s.max_queue_delay).min(dispatch_before);
             if now < until {
@@ -260,6 +278,7 @@ impl Queue {
         if batch.is_empty() {
             Formed::Empty
         } else {
+            self.last_batch_requests.store(batch.len(), Ordering::Relaxed);
             Formed::Batch(batch)
         }
     }

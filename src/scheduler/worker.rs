@@ -1,7 +1,7 @@
 //! Running formed batches: instance threads (each owns one blocking backend instance and runs the batches the batcher
 //! hands it, off the async runtime) or, for an async backend, one task per batch. Both report and answer the same way.
 
-use super::queue::Entry;
+use super::queue::{Entry, Formed, Queue};
 use super::stats::{BatchTiming, ModelStats};
 use super::ScheduleError;
 use crate::backend::{AsyncBackend, BackendInstance, RawAnswer, RawInfer};
@@ -76,7 +76,7 @@ impl Handoff {
 }
 
 /// Lowers the calling thread's CPU priority (Linux: per-thread niceness). Best effort: failure is logged, not fatal.
-fn lower_priority(nice: i32) {
+pub fn lower_priority(nice: i32) {
     if nice <= 0 {
         return;
     }
@@ -88,7 +88,7 @@ fn lower_priority(nice: i32) {
             libc::setpriority(libc::PRIO_PROCESS, tid, nice)
         };
         if result != 0 {
-            tracing::warn!(nice, error = %std::io::Error::last_os_error(), "cannot lower the instance thread's priority");
+            tracing::warn!(nice, error = %std::io::Error::last_os_error(), "cannot lower the thread's priority");
         }
     }
 }
@@ -302,23 +302,43 @@ impl Drop for SlotGuard<'_> {
     }
 }
 
-/// Starts the thread that owns `instance` (the model's instance number `index`) and runs the jobs of `handoff` until
-/// it closes.
-pub fn spawn(
-    name: String,
-    mut instance: Box<dyn BackendInstance>,
-    handoff: Arc<Handoff>,
-    observers: Observers,
-    index: usize,
-    output_count: usize,
-    nice: i32,
-) {
+/// What an instance thread needs besides its instance.
+pub struct InstanceThread {
+    pub name: String,
+    pub handoff: Arc<Handoff>,
+    /// The model's queue: the thread takes its next batch from it itself when one is ready (see [`spawn`]).
+    pub queue: Arc<Queue>,
+    pub observers: Observers,
+    /// The model's instance number.
+    pub index: usize,
+    pub output_count: usize,
+    pub nice: i32,
+}
+
+/// Starts the thread that owns `instance` and runs the jobs of its handoff until it closes.
+///
+/// After each batch the thread asks the queue for the next one itself and runs it at once when one is ready (a full or
+/// preferred batch, or requests whose delay is over), keeping the batcher's permit; only when none is ready does it
+/// give the permit back and wait for the batcher, which does the waiting for fuller batches. Under load that takes
+/// the async runtime out of the loop between batches: before, every batch needed the batcher task to run, and under a
+/// rejection storm that task queued behind thousands of connection tasks on the runtime's workers while the instance
+/// sat idle (goodput fell to 0.09 of saturation with `wrk -c512` on `wide`, docs/BENCHMARKS.md). It also saves two
+/// wake-ups per batch at saturation.
+pub fn spawn(mut instance: Box<dyn BackendInstance>, thread: InstanceThread) {
+    let InstanceThread { name, handoff, queue, observers, index, output_count, nice } = thread;
     handoff.state.lock().takers += 1;
     let thread_handoff = handoff.clone();
     let spawned = std::thread::Builder::new().name(format!("sluice-{name}")).spawn(move || {
         lower_priority(nice);
-        while let Some(job) = thread_handoff.pop() {
-            run_batch(instance.as_mut(), job, &observers, index, output_count);
+        while let Some(mut job) = thread_handoff.pop() {
+            loop {
+                let permit = run_batch(instance.as_mut(), job, &observers, index, output_count);
+                match queue.form(Instant::now()) {
+                    Formed::Batch(entries) => job = BatchJob { entries, formed: Instant::now(), _permit: permit },
+                    // Dropping the permit hands the next batch (and any wait for it) to the batcher.
+                    Formed::Empty | Formed::WaitUntil(_) => break,
+                }
+            }
         }
         thread_handoff.state.lock().takers -= 1;
     });
@@ -373,12 +393,14 @@ impl Begun {
     }
 }
 
-fn run_batch(instance: &mut dyn BackendInstance, job: BatchJob, observers: &Observers, index: usize, output_count: usize) {
+/// Runs a batch and answers its requests; gives back the batcher's permit it held.
+fn run_batch(instance: &mut dyn BackendInstance, job: BatchJob, observers: &Observers, index: usize, output_count: usize) -> OwnedSemaphorePermit {
     let BatchJob { entries, formed, _permit } = job;
     let begun = Begun::new(&entries, formed, observers, index);
     let mut timing = begun.timing;
     let result = execute(instance, &entries, &begun.rows, output_count, &mut timing);
     begun.finish(entries, result, timing, observers);
+    _permit
 }
 
 fn backend_err(message: String) -> ScheduleError {

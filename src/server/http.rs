@@ -213,6 +213,19 @@ pub async fn lane_infer(state: &AppState, model: String, version: Option<String>
     answer_infer(state, model, version, headers, tenant, RequestBody::Read(body)).await
 }
 
+/// The answer to an inference the lane has read the head of, when it is refused before its body is read: the model's
+/// queue is full (429), counted and logged as any inference answer. `None`: read the body and run it
+/// ([`lane_infer`]); every other check happens there.
+pub fn lane_refusal(state: &AppState, model: &str, version: Option<&str>) -> Option<Answer> {
+    let started = std::time::Instant::now();
+    let m = pipeline::serving_model(state, model, version).ok()?;
+    let refused = pipeline::refuse_early(state, &m)?;
+    tracing::debug!(model = %model, status = refused.status.as_u16(), error = %refused.message, "request refused before its body was read");
+    let answer = Answer::Other(refused.into_response());
+    state.observe_request_of(Protocol::Http, &m, answer.status(), started);
+    Some(answer)
+}
+
 /// The request headers an inference reads, borrowed from wherever its head was parsed: hyper's header map, or the
 /// inference lane's read buffer. The first value of a header counts (as `HeaderMap::get` gives it).
 #[derive(Clone, Copy, Debug, Default)]
@@ -385,6 +398,9 @@ async fn infer_inner(
         if !encoding.eq_ignore_ascii_case("identity") {
             return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Content-Encoding '{encoding}' is not supported")));
         }
+    }
+    if let Some(refused) = pipeline::refuse_early(state, &m) {
+        return Err(refused);
     }
     let body = read_body(body, headers, state.max_body_bytes).await?;
     let header_length = match headers.header_length {

@@ -43,6 +43,8 @@ use tokio::time::{Instant, Sleep};
 const MAX_HEADERS: usize = 32;
 /// Read buffer to start with: a small V2 request fits in one read.
 const READ_CHUNK: usize = 8 * 1024;
+/// The largest body read (and dropped) after a refusal from the head, to keep the connection; a larger one closes it.
+const MAX_DISCARDED_BODY: usize = 64 * 1024;
 
 /// The counters the lane adds to (the listener's, shared with hyper's path).
 pub struct LaneCounters<'a> {
@@ -159,6 +161,19 @@ where
             }
         };
         first = false;
+        // An overloaded model's 429 is decided from the head: its body is then read only to keep the connection (and
+        // not at all when it is large: the connection closes), never decoded.
+        let refused = match &head.route {
+            Route::Infer { model, version, .. } => super::http::lane_refusal(state, model, version.as_deref()),
+            Route::General => None,
+        };
+        if refused.is_some() && head.body_len > MAX_DISCARDED_BODY {
+            if let Some(answer) = refused {
+                let _ = write_answer(io, &mut out, answer, true).await;
+            }
+            let _ = io.shutdown().await;
+            return LaneEnd::Closed;
+        }
         // The body, timed from the first read that had to wait for it.
         let total = head.len + head.body_len;
         if buf.len() < total {
@@ -182,6 +197,9 @@ where
         }
         let request = buf.split_to(total).freeze();
         let answer = async {
+            if let Some(answer) = refused {
+                return answer;
+            }
             match head.route {
                 Route::Infer { model, version, content_length, content_encoding, header_length, cache_control, request_id } => {
                     let at = |range: &Range<usize>| &request[range.clone()];

@@ -23,6 +23,15 @@ pub fn serving_model(state: &AppState, model: &str, version: Option<&str>) -> Re
     Ok(m)
 }
 
+/// The refusal a request for `m` gets before its body is read, when `m`'s queue is full (see
+/// [`crate::scheduler::Scheduler::refuse_if_full`]). Never for a model with a response cache: a hit needs no queue.
+pub fn refuse_early(state: &AppState, m: &ModelVersion) -> Option<ApiError> {
+    if state.cache.is_some() && m.cache.is_some() {
+        return None;
+    }
+    m.scheduler.refuse_if_full().map(ApiError::from)
+}
+
 /// The cache policy of a request: the V2 `cache` parameter, then the transport's `Cache-Control` (`header`).
 pub fn cache_policy(request: &InferRequest, header: Option<&str>) -> Policy {
     let directives = header.unwrap_or("").split(',').map(|d| d.trim().to_ascii_lowercase());

@@ -327,9 +327,9 @@ pub struct ServerConfig {
     pub keepalive_timeout: Duration,
     /// Niceness (Linux, 0..=19) of the async runtime's threads, which read, parse, refuse and answer requests. Above
     /// 0, model compute (instance threads, at `model_defaults.instance_thread_nice`) wins the CPU when they compete:
-    /// under a storm of clients that retry at once after a 429, refusing them no longer starves the model (goodput
-    /// 0.09 of saturation with the opposite order, docs/BENCHMARKS.md), while the runtime keeps a share (about a
-    /// tenth at 10) for answers, health probes and new requests. Applied by `sluice serve`; 0 turns it off.
+    /// clients that retry at once after a 429 then take less of it (closed-loop goodput 0.79–0.89 of saturation at 10
+    /// against 0.47–0.61 at 0, docs/BENCHMARKS.md), while request handling keeps about a tenth of a busy core for
+    /// answers, health probes and new requests. 0: an equal share. Applied by `sluice serve`.
     pub runtime_thread_nice: i32,
 }
 
@@ -426,9 +426,10 @@ pub struct ModelDefaults {
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
     pub threads: usize,
-    /// Niceness of model instance threads (Linux), 0..=19. Default 0: compute wins the CPU over the runtime's threads
-    /// (see `server.runtime_thread_nice`). Set it above `server.runtime_thread_nice` only to favour request handling
-    /// over compute when they share cores (the default before 2026-12: 10, which let a rejection storm starve the model).
+    /// Niceness of model instance threads (Linux), 0..=19. Default 0: compute has at least the runtime's share of the
+    /// CPU (see `server.runtime_thread_nice`). Above it, request handling wins over compute when they share cores — the
+    /// default before 2026-12 was 10, which let a storm of clients retrying after 429s starve the model (goodput 0.09
+    /// of saturation, docs/BENCHMARKS.md).
     pub instance_thread_nice: i32,
     /// The batcher ends its waits for a fuller batch with a timerfd, to the microsecond (see `scheduler::timer`);
     /// false: Tokio's timer, which rounds every wait up to the next whole millisecond.

@@ -188,3 +188,53 @@ async fn binary_answers_on_the_lane_carry_the_header_length() {
     assert_eq!(answer.body.len(), length + size);
     server.shutdown().await;
 }
+
+/// A model whose queue holds one request and whose batcher holds it for a minute: the second request finds the queue full.
+fn held_one() -> &'static str {
+    "max_batch_size = 64\n[dynamic_batching]\nmax_queue_delay = \"60s\"\nwait_when_alone = true\npreferred_batch_sizes = [64]\n\
+     [queue]\ncapacity = 1\ntimeout = \"60s\"\n"
+}
+
+/// Under overload the 429 is decided from the head: a small body is read and dropped (the connection carries on), a
+/// large one is never read (the answer says `Connection: close` and the connection closes), and neither is decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_is_refused_from_the_head() {
+    let server = start_repo(TempRepo::new().model("held_lane", "identity", 1, held_one())).await;
+    let row: Vec<f32> = vec![1.0; 256];
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": row}]}).to_string();
+    let mut holder = TcpStream::connect(server.addr).await.unwrap();
+    holder.write_all(post("/v2/models/held_lane/infer", &body, "").as_bytes()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8_lossy(&server.admin_get("/metrics").await.body).to_string();
+        if text.lines().any(|l| l.starts_with("sluice_queue_requests{") && l.contains("held_lane") && l.ends_with(" 1")) {
+            break;
+        }
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("held_lane") && l.contains("queue")).collect();
+        assert!(std::time::Instant::now() < deadline, "the first request never queued: {lines:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A small body: 429 with Retry-After, then the same connection is served (a malformed body included: it is
+    // refused for the full queue, not parsed).
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let mut requests = post("/v2/models/held_lane/infer", "{not json at all", "");
+    requests += "GET /v2/health/live HTTP/1.1\r\nhost: t\r\n\r\n";
+    tcp.write_all(requests.as_bytes()).await.unwrap();
+    let answers = read_answers(&mut tcp, 2).await;
+    assert_eq!(answers[0].status, 429, "{}", String::from_utf8_lossy(&answers[0].body));
+    assert!(answers[0].header("retry-after").is_some(), "{}", answers[0].head);
+    assert!(answers[0].json()["error"].as_str().is_some_and(|e| e.contains("overloaded")));
+    assert_eq!(answers[1].status, 200);
+    // A large declared body (1 MiB, none of it sent): answered at once, connection closed.
+    let mut big = TcpStream::connect(server.addr).await.unwrap();
+    let head = "POST /v2/models/held_lane/infer HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: 1048576\r\n\r\n";
+    big.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_answers(&mut big, 1).await;
+    assert_eq!(answer[0].status, 429);
+    assert_eq!(answer[0].header("connection").as_deref(), Some("close"));
+    assert!(closed_within(&mut big, Duration::from_secs(5)).await, "the connection stayed open");
+    let metrics = String::from_utf8_lossy(&server.admin_get("/metrics").await.body).to_string();
+    assert!(metrics.contains("sluice_requests_total{model=\"held_lane\",version=\"1\",protocol=\"http\",code=\"429\"} 2"), "{metrics}");
+    drop(holder);
+    server.shutdown().await;
+}

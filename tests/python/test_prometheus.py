@@ -27,6 +27,7 @@ HELD_MODEL_TOML = f"""max_batch_size = 64
 instances = 1
 [dynamic_batching]
 max_queue_delay = "{HELD_DELAY_S}s"
+wait_when_alone = true
 preferred_batch_sizes = [64]
 [queue]
 timeout = "60s"

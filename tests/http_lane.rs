@@ -199,7 +199,12 @@ fn held_one() -> &'static str {
 /// large one is never read (the answer says `Connection: close` and the connection closes), and neither is decoded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_is_refused_from_the_head() {
-    let server = start_repo(TempRepo::new().model("held_lane", "identity", 1, held_one())).await;
+    // Without the hold, so the pipelined request after the refusal is answered at once (the hold has its own test).
+    let mut config = sluice::config::Config::default();
+    config.server.refused_hold = Duration::ZERO;
+    let repo = TempRepo::new().model("held_lane", "identity", 1, held_one());
+    config.server.models = repo.path().to_path_buf();
+    let server = start_with(config, Some(repo)).await;
     let row: Vec<f32> = vec![1.0; 256];
     let body = json!({"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": row}]}).to_string();
     let mut holder = TcpStream::connect(server.addr).await.unwrap();
@@ -236,5 +241,58 @@ async fn a_full_queue_is_refused_from_the_head() {
     let metrics = String::from_utf8_lossy(&server.admin_get("/metrics").await.body).to_string();
     assert!(metrics.contains("sluice_requests_total{model=\"held_lane\",version=\"1\",protocol=\"http\",code=\"429\"} 2"), "{metrics}");
     drop(holder);
+    server.shutdown().await;
+}
+
+/// Once refusals outrun what the model serves (here: it has served nothing), a refused connection's next request is not
+/// read until the queue has room: the 429 comes at once, the pipelined request after it only when the queued request
+/// leaves (its client goes away), long before the 30 s hold would end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_waits_for_room_before_its_next_request() {
+    let mut config = sluice::config::Config::default();
+    config.server.refused_hold = Duration::from_secs(30);
+    let repo = TempRepo::new().model("held_lane", "identity", 1, held_one());
+    config.server.models = repo.path().to_path_buf();
+    let server = start_with(config, Some(repo)).await;
+    let row: Vec<f32> = vec![1.0; 256];
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": row}]}).to_string();
+    let mut holder = TcpStream::connect(server.addr).await.unwrap();
+    holder.write_all(post("/v2/models/held_lane/infer", &body, "").as_bytes()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8_lossy(&server.admin_get("/metrics").await.body).to_string();
+        if text.lines().any(|l| l.starts_with("sluice_queue_requests{") && l.contains("held_lane") && l.ends_with(" 1")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the first request never queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let mut requests = post("/v2/models/held_lane/infer", &body, "");
+    requests += "GET /v2/health/live HTTP/1.1\r\nhost: t\r\n\r\n";
+    tcp.write_all(requests.as_bytes()).await.unwrap();
+    let refused = read_answers(&mut tcp, 1).await;
+    assert_eq!(refused[0].status, 429);
+    // Held: nothing more comes while the queue stays full.
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut byte)).await;
+    assert!(early.is_err(), "the next request was read while the queue was still full");
+    // The queued request's client leaves: its place frees up and the held connection is read again.
+    drop(holder);
+    let started = std::time::Instant::now();
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !String::from_utf8_lossy(&buf).contains("\r\n\r\n") {
+            let n = tcp.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&buf).to_string()
+    })
+    .await
+    .expect("the held request was answered once the queue had room");
+    assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
+    assert!(started.elapsed() < Duration::from_secs(10));
     server.shutdown().await;
 }

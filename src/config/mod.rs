@@ -327,10 +327,20 @@ pub struct ServerConfig {
     pub keepalive_timeout: Duration,
     /// Niceness (Linux, 0..=19) of the async runtime's threads, which read, parse, refuse and answer requests. Above
     /// 0, model compute (instance threads, at `model_defaults.instance_thread_nice`) wins the CPU when they compete:
-    /// clients that retry at once after a 429 then take less of it (closed-loop goodput 0.79–0.89 of saturation at 10
-    /// against 0.47–0.61 at 0, docs/BENCHMARKS.md), while request handling keeps about a tenth of a busy core for
-    /// answers, health probes and new requests. 0: an equal share. Applied by `sluice serve`.
+    /// clients that retry at once after a 429 take less of it (closed-loop goodput 0.88–0.89 of saturation at 10 against
+    /// 0.74–0.78 at 0, both with `refused_hold`), but request handling keeps only about a tenth of a busy core and falls
+    /// behind an open-loop overload (3× the service rate: rejections answered after p50 0.1 s, p99 0.65 s, against
+    /// 145 µs / 5.8 ms at 0; docs/BENCHMARKS.md). Default 0, an equal share. Applied by `sluice serve`.
     pub runtime_thread_nice: i32,
+    /// After the HTTP/1.1 lane refuses a request because its model's queue is full (429), and refusals have outrun what
+    /// the model serves (more than 3 per request it takes into a batch), the connection is not read again until that
+    /// queue has room (one waiting connection per freed place, first come first served) or this long has passed. The
+    /// 429 itself goes out at once; what waits is the connection's *next* request, in the kernel's socket buffer,
+    /// costing nothing. A client that honours `Retry-After` never notices, nor does an open-loop overload up to about
+    /// 4× the service rate; clients that send again at once (closed loop) no longer make the server refuse them tens of
+    /// thousands of times a second (goodput 0.11 → 0.74–0.78 of saturation, docs/BENCHMARKS.md). 0 turns it off.
+    #[serde(with = "humantime_serde")]
+    pub refused_hold: Duration,
 }
 
 impl Default for ServerConfig {
@@ -351,7 +361,8 @@ impl Default for ServerConfig {
             max_concurrent_streams: 256,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
-            runtime_thread_nice: 10,
+            runtime_thread_nice: 0,
+            refused_hold: Duration::from_millis(50),
         }
     }
 }
@@ -660,6 +671,9 @@ impl Config {
         }
         if let Some(tls) = self.admin.tls.as_ref().filter(|_| self.admin.enabled) {
             tls.validate(true, path)?;
+        }
+        if self.server.refused_hold > Duration::from_secs(60) {
+            return Err(invalid("server.refused_hold", "must be at most 60s"));
         }
         if !(0..=19).contains(&self.server.runtime_thread_nice) {
             return Err(invalid("server.runtime_thread_nice", "must be between 0 and 19"));

@@ -207,6 +207,19 @@ impl Scheduler {
         Some(full)
     }
 
+    /// Returns when a place in the queue has freed up since the last caller was woken (one caller per place, first
+    /// come first served), or at once once the scheduler is closed. For connections refused with 429 (see
+    /// `server.refused_hold`).
+    pub async fn room(&self) {
+        self.queue.room().await;
+    }
+
+    /// Whether a connection refused for a full queue should wait for [`Scheduler::room`] before its next request is
+    /// read: refusals have outrun what the model serves (see `server.refused_hold`).
+    pub fn hold_refused(&self) -> bool {
+        self.queue.hold_refused()
+    }
+
     /// Queues one request and waits for its outputs (all of the model's outputs, in signature order).
     /// Dropping the returned future before it finishes withdraws the request if it has not started running.
     pub async fn infer(&self, job: Job) -> Result<Vec<Tensor>, ScheduleError> {

@@ -91,7 +91,18 @@ pub struct Queue {
     /// [`DynamicBatchingFile::wait_when_alone`]: crate::config::DynamicBatchingFile::wait_when_alone
     last_batch_requests: AtomicUsize,
     pub(super) notify: Notify,
+    /// Signalled once per place that frees up (and to everyone at close): connections refused for a full queue wait
+    /// on it before their next request is read ([`super::Scheduler::room`]).
+    room: Notify,
+    /// Refusals that may go without holding their connection (see [`Queue::hold_refused`]): earned as requests are
+    /// taken into batches, spent by refusals.
+    refusal_credit: AtomicUsize,
 }
+
+/// Refusals a request taken into a batch earns (see [`Queue::hold_refused`]). An open-loop overload at 3× the service
+/// rate refuses 2 requests per request served; this leaves it room, while a closed loop of clients that send again
+/// at once (tens of refusals per request served) runs out of credit and is held.
+const REFUSALS_PER_TAKEN: usize = 3;
 
 impl Queue {
     pub fn new(model: String, settings: ModelSettings) -> Queue {
@@ -105,6 +116,8 @@ impl Queue {
             closed: AtomicBool::new(false),
             last_batch_requests: AtomicUsize::new(0),
             notify: Notify::new(),
+            room: Notify::new(),
+            refusal_credit: AtomicUsize::new(0),
         }
     }
 
@@ -127,6 +140,30 @@ impl Queue {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.notify.notify_one();
+        self.room.notify_waiters();
+    }
+
+    /// Whether a connection just refused for a full queue should be left unread for a while before its next request:
+    /// true once refusals outrun what the model serves (more than [`REFUSALS_PER_TAKEN`] per request taken into a
+    /// batch, with a burst of that many per place in the queue). Refusals within the credit hold nothing.
+    pub fn hold_refused(&self) -> bool {
+        self.refusal_credit.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1)).is_err()
+    }
+
+    fn earn_refusals(&self, taken: usize) {
+        let cap = REFUSALS_PER_TAKEN.saturating_mul(self.settings.queue_capacity);
+        let _ = self.refusal_credit.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+            Some(c.saturating_add(taken.saturating_mul(REFUSALS_PER_TAKEN)).min(cap))
+        });
+    }
+
+    /// Returns when a place in the queue frees up (see `room`), or at once after a close.
+    pub async fn room(&self) {
+        let freed = self.room.notified();
+        if self.is_closed() {
+            return;
+        }
+        freed.await;
     }
 
     /// The refusal a request of `rows` rows gets now because the queue is full; `None` when it fits.
@@ -174,6 +211,7 @@ impl Queue {
     fn count_out(&self, rows: usize) {
         self.requests.fetch_sub(1, Ordering::AcqRel);
         self.rows.fetch_sub(rows, Ordering::AcqRel);
+        self.room.notify_one();
     }
 
     /// Takes a still-queued request out (its caller timed out or left). False if the batcher got to it first.
@@ -279,6 +317,7 @@ impl Queue {
             Formed::Empty
         } else {
             self.last_batch_requests.store(batch.len(), Ordering::Relaxed);
+            self.earn_refusals(batch.len());
             Formed::Batch(batch)
         }
     }

@@ -44,6 +44,9 @@ pub struct ConnLimits {
     /// None: no HTTP/2 keep-alive pings.
     pub keepalive_interval: Option<Duration>,
     pub keepalive_timeout: Duration,
+    /// How long the HTTP/1.1 lane leaves a connection unread after refusing it for a full queue (see
+    /// `ServerConfig::refused_hold`).
+    pub refused_hold: Duration,
 }
 
 impl From<&ServerConfig> for ConnLimits {
@@ -57,6 +60,7 @@ impl From<&ServerConfig> for ConnLimits {
             max_concurrent_streams: server.max_concurrent_streams,
             keepalive_interval: Some(server.keepalive_interval).filter(|d| !d.is_zero()),
             keepalive_timeout: server.keepalive_timeout,
+            refused_hold: server.refused_hold,
         }
     }
 }

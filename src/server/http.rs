@@ -216,14 +216,15 @@ pub async fn lane_infer(state: &AppState, model: String, version: Option<String>
 /// The answer to an inference the lane has read the head of, when it is refused before its body is read: the model's
 /// queue is full (429), counted and logged as any inference answer. `None`: read the body and run it
 /// ([`lane_infer`]); every other check happens there.
-pub fn lane_refusal(state: &AppState, model: &str, version: Option<&str>) -> Option<Answer> {
+/// Also gives the model version, whose queue the connection waits on before its next request is read.
+pub fn lane_refusal(state: &AppState, model: &str, version: Option<&str>) -> Option<(Answer, Arc<ModelVersion>)> {
     let started = std::time::Instant::now();
     let m = pipeline::serving_model(state, model, version).ok()?;
     let refused = pipeline::refuse_early(state, &m)?;
     tracing::debug!(model = %model, status = refused.status.as_u16(), error = %refused.message, "request refused before its body was read");
     let answer = Answer::Other(refused.into_response());
     state.observe_request_of(Protocol::Http, &m, answer.status(), started);
-    Some(answer)
+    Some((answer, m))
 }
 
 /// The request headers an inference reads, borrowed from wherever its head was parsed: hyper's header map, or the

@@ -167,6 +167,10 @@ where
             Route::Infer { model, version, .. } => super::http::lane_refusal(state, model, version.as_deref()),
             Route::General => None,
         };
+        let (refused, held_on) = match refused {
+            Some((answer, model)) => (Some(answer), Some(model)),
+            None => (None, None),
+        };
         if refused.is_some() && head.body_len > MAX_DISCARDED_BODY {
             if let Some(answer) = refused {
                 let _ = write_answer(io, &mut out, answer, true).await;
@@ -229,6 +233,14 @@ where
             Ok(true) | Err(_) => {
                 let _ = io.shutdown().await;
                 return LaneEnd::Closed;
+            }
+        }
+        // Refused for a full queue: the next request stays unread until the queue has room (see `refused_hold`).
+        if let Some(model) = held_on.filter(|m| !limits.refused_hold.is_zero() && m.scheduler.hold_refused()) {
+            tokio::select! {
+                _ = model.scheduler.room() => {}
+                _ = tokio::time::sleep(limits.refused_hold) => {}
+                _ = closing.as_mut() => {}
             }
         }
     }

@@ -89,6 +89,10 @@ runs = {c: wrk(os.path.join(out, f"wrk_wide_c{c}.txt")) for c in (64, 512) if os
 for c, r in runs.items():
     if r:
         print(f"wrk -c{c} wide JSON: {r[0]:.0f} answers/s, {r[1]:.0f} answers 200/s, p50 {r[2]}, p99 {r[3]}")
+fraud = os.path.join(out, "wrk_fraud_mlp_c64.txt")
+if os.path.exists(fraud) and wrk(fraud):
+    r = wrk(fraud)
+    print(f"wrk -c64 fraud_mlp JSON: {r[0]:.0f} answers/s, {r[1]:.0f} answers 200/s, p50 {r[2]}, p99 {r[3]}")
 if runs.get(64) and runs.get(512):
     print(f"wrk closed-loop overload goodput: {runs[512][1]:.0f} / {runs[64][1]:.0f} = {runs[512][1] / runs[64][1]:.3f} of c=64")
 

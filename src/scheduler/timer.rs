@@ -16,6 +16,11 @@ use std::time::Instant;
 pub struct BatchTimer {
     #[cfg(target_os = "linux")]
     fd: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+    /// The deadline the timerfd is armed for and has not reported yet. The batcher asks again for the same deadline
+    /// after every arrival that does not complete a batch (its `select!` drops the wait): re-arming each time was a
+    /// syscall per request, which cost `fraud_mlp` a third of its c=64 throughput (docs/BENCHMARKS.md).
+    #[cfg(target_os = "linux")]
+    armed: Option<Instant>,
 }
 
 impl BatchTimer {
@@ -24,7 +29,7 @@ impl BatchTimer {
         #[cfg(target_os = "linux")]
         {
             let fd = if precise { linux::create() } else { None };
-            BatchTimer { fd }
+            BatchTimer { fd, armed: None }
         }
         #[cfg(not(target_os = "linux"))]
         {
@@ -50,7 +55,7 @@ impl BatchTimer {
     pub async fn sleep_until(&mut self, at: Instant) {
         #[cfg(target_os = "linux")]
         if let Some(fd) = &self.fd {
-            if linux::sleep_until(fd, at).await {
+            if linux::sleep_until(fd, at, &mut self.armed).await {
                 return;
             }
         }
@@ -91,23 +96,31 @@ mod linux {
     }
 
     /// Waits with the timerfd; false when it cannot be armed or read (the caller falls back to Tokio's timer).
-    pub async fn sleep_until(fd: &AsyncFd<OwnedFd>, at: Instant) -> bool {
+    /// `armed`: the deadline the timer is armed for and has not reported yet (kept across abandoned waits).
+    pub async fn sleep_until(fd: &AsyncFd<OwnedFd>, at: Instant, armed: &mut Option<Instant>) -> bool {
         let left = at.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return true;
         }
-        // Arming resets the expiry count, so a previous, abandoned wait's expiry cannot end this one: its readiness
-        // may still be cached, but the read below then finds nothing (EAGAIN) and the readiness is cleared.
-        let spec = Itimerspec { it_interval: Timespec { tv_sec: 0, tv_nsec: 0 }, it_value: timespec(left) };
-        if let Err(error) = timerfd_settime(fd.get_ref(), TimerfdTimerFlags::empty(), &spec) {
-            tracing::warn!(error = %std::io::Error::from(error), "cannot arm the batcher's timerfd");
-            return false;
+        if *armed != Some(at) {
+            // Arming resets the expiry count, so a previous, abandoned wait's expiry cannot end this one: its
+            // readiness may still be cached, but the read below then finds nothing (EAGAIN) and clears it.
+            let spec = Itimerspec { it_interval: Timespec { tv_sec: 0, tv_nsec: 0 }, it_value: timespec(left) };
+            if let Err(error) = timerfd_settime(fd.get_ref(), TimerfdTimerFlags::empty(), &spec) {
+                *armed = None;
+                tracing::warn!(error = %std::io::Error::from(error), "cannot arm the batcher's timerfd");
+                return false;
+            }
+            *armed = Some(at);
         }
         loop {
             let Ok(mut guard) = fd.readable().await else { return false };
             let mut expirations = [0u8; 8];
             match rustix::io::read(fd.get_ref(), &mut expirations) {
-                Ok(8) => return true,
+                Ok(8) => {
+                    *armed = None;
+                    return true;
+                }
                 Ok(_) => return false,
                 Err(rustix::io::Errno::AGAIN) => guard.clear_ready(),
                 Err(rustix::io::Errno::INTR) => {}

@@ -199,13 +199,28 @@ struct WorkerProcess {
 
 impl WorkerProcess {
     fn start() -> WorkerProcess {
-        let mut w = WorkerProcess { http: free_port(), grpc: free_port(), child: None };
-        w.restart();
-        w
+        // A port found free can be taken (by another test's outgoing connection) before the worker binds it: then
+        // start on other ports. Restarts keep theirs (the tests need the same address).
+        let mut last = String::new();
+        for _ in 0..5 {
+            let mut w = WorkerProcess { http: free_port(), grpc: free_port(), child: None };
+            match w.try_restart() {
+                Ok(()) => return w,
+                Err(said) if said.contains("Address already in use") => last = said,
+                Err(said) => panic!("the worker did not start on port {} within 60 s; it said: {said}", w.http),
+            }
+        }
+        panic!("no free ports for a worker after 5 tries; last: {last}");
     }
 
     /// Starts (again) on the same ports and waits until it says it is listening.
     fn restart(&mut self) {
+        if let Err(said) = self.try_restart() {
+            panic!("the worker did not start on port {} within 60 s; it said: {said}", self.http);
+        }
+    }
+
+    fn try_restart(&mut self) -> Result<(), String> {
         self.kill();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["serve", "--models"])
@@ -242,10 +257,10 @@ impl WorkerProcess {
         if rx.recv_timeout(Duration::from_secs(60)).is_err() {
             let _ = child.kill();
             let _ = child.wait();
-            let said = log.join().unwrap_or_default();
-            panic!("the worker did not start on port {} within 60 s; it said: {said}", self.http);
+            return Err(log.join().unwrap_or_default());
         }
         self.child = Some(child);
+        Ok(())
     }
 
     fn kill(&mut self) {

@@ -39,17 +39,7 @@ echo "== wide, closed-loop overload: 512 clients that send again as soon as they
 "${CLIENT[@]}" bench --url "$URL" -m wide -c 512 -d "$DUR" --warmup 2s --json >"$OUT/wide_overload_c512.json"
 if command -v wrk >/dev/null; then
   # wrk: a lean C client; one JSON row per request, the same body every time.
-  for spec in wide:512 fraud_mlp:64; do
-    python3 -c "
-import json, random
-random.seed(1)
-print(json.dumps({'inputs': [{'name': 'input', 'shape': [1, ${spec#*:}], 'datatype': 'FP32', 'data': [round(random.uniform(-1, 1), 6) for _ in range(${spec#*:})]}]}))" >"$OUT/${spec%:*}_request.json"
-    cat >"$OUT/post_${spec%:*}.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = io.open("$OUT/${spec%:*}_request.json", "r"); wrk.body = f:read("*a"); f:close()
-LUA
-  done
+  wrk_bodies "$OUT"
   for c in 64 512; do
     taskset -c 1 wrk -t1 -c$c -d"$DUR" --latency -s "$OUT/post_wide.lua" "$URL/v2/models/wide/infer" >"$OUT/wrk_wide_c$c.txt" 2>&1 || true
   done

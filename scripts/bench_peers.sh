@@ -26,18 +26,8 @@ if [ ! -x "$PEERS/bin/mlserver" ] || [ ! -d "$PEERS/lib/python3.11/site-packages
   "$PEERS/bin/pip" install -q "mlserver==1.7.1" "nvidia-pytriton==0.7.0" onnxruntime numpy
 fi
 
-for spec in wide:512 fraud_mlp:64; do
-  model=${spec%:*} width=${spec#*:}
-  python3 -c "
-import json, random
-random.seed(1)
-print(json.dumps({'inputs': [{'name': 'input', 'shape': [1, $width], 'datatype': 'FP32', 'data': [round(random.uniform(-1, 1), 6) for _ in range($width)]}]}))" >"$OUT/${model}_request.json"
-  cat >"$OUT/post_$model.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = io.open("$OUT/${model}_request.json", "r"); wrk.body = f:read("*a"); f:close()
-LUA
-done
+source scripts/bench_servers.sh
+wrk_bodies "$OUT"
 
 PGIDS=()
 stop_all() { for g in "${PGIDS[@]}"; do kill -- "-$g" 2>/dev/null || true; done; sleep 1; for g in "${PGIDS[@]}"; do kill -9 -- "-$g" 2>/dev/null || true; done; PGIDS=(); }

@@ -35,3 +35,21 @@ stop_servers() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; done
   PIDS=()
 }
+
+# wrk_bodies DIR: one-row V2 JSON request bodies for `wide` and `fraud_mlp` (DIR/MODEL_request.json, the same values
+# every run) and the wrk scripts that post them (DIR/post_MODEL.lua).
+wrk_bodies() {
+  local dir=$1 spec model width
+  for spec in wide:512 fraud_mlp:64; do
+    model=${spec%:*} width=${spec#*:}
+    python3 -c "
+import json, random
+random.seed(1)
+print(json.dumps({'inputs': [{'name': 'input', 'shape': [1, $width], 'datatype': 'FP32', 'data': [round(random.uniform(-1, 1), 6) for _ in range($width)]}]}))" >"$dir/${model}_request.json"
+    cat >"$dir/post_$model.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open("$dir/${model}_request.json", "r"); wrk.body = f:read("*a"); f:close()
+LUA
+  done
+}

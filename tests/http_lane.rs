@@ -195,13 +195,11 @@ fn held_one() -> &'static str {
      [queue]\ncapacity = 1\ntimeout = \"60s\"\n"
 }
 
-/// Under overload the 429 is decided from the head: a small body is read and dropped (the connection carries on), a
-/// large one is never read (the answer says `Connection: close` and the connection closes), and neither is decoded.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_is_refused_from_the_head() {
-    // Without the hold, so the pipelined request after the refusal is answered at once (the hold has its own test).
+/// A server whose `held_lane` queue is full: one request sits in it (sent on the returned connection, which must stay
+/// open to keep it there). Also returns a request body for the model.
+async fn full_queue(refused_hold: Duration) -> (Server, TcpStream, String) {
     let mut config = sluice::config::Config::default();
-    config.server.refused_hold = Duration::ZERO;
+    config.server.refused_hold = refused_hold;
     let repo = TempRepo::new().model("held_lane", "identity", 1, held_one());
     config.server.models = repo.path().to_path_buf();
     let server = start_with(config, Some(repo)).await;
@@ -219,6 +217,15 @@ async fn a_full_queue_is_refused_from_the_head() {
         assert!(std::time::Instant::now() < deadline, "the first request never queued: {lines:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    (server, holder, body)
+}
+
+/// Under overload the 429 is decided from the head: a small body is read and dropped (the connection carries on), a
+/// large one is never read (the answer says `Connection: close` and the connection closes), and neither is decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_is_refused_from_the_head() {
+    // Without the hold, so the pipelined request after the refusal is answered at once (the hold has its own test).
+    let (server, holder, _) = full_queue(Duration::ZERO).await;
     // A small body: 429 with Retry-After, then the same connection is served (a malformed body included: it is
     // refused for the full queue, not parsed).
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
@@ -249,24 +256,7 @@ async fn a_full_queue_is_refused_from_the_head() {
 /// leaves (its client goes away), long before the 30 s hold would end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connection_waits_for_room_before_its_next_request() {
-    let mut config = sluice::config::Config::default();
-    config.server.refused_hold = Duration::from_secs(30);
-    let repo = TempRepo::new().model("held_lane", "identity", 1, held_one());
-    config.server.models = repo.path().to_path_buf();
-    let server = start_with(config, Some(repo)).await;
-    let row: Vec<f32> = vec![1.0; 256];
-    let body = json!({"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": row}]}).to_string();
-    let mut holder = TcpStream::connect(server.addr).await.unwrap();
-    holder.write_all(post("/v2/models/held_lane/infer", &body, "").as_bytes()).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = String::from_utf8_lossy(&server.admin_get("/metrics").await.body).to_string();
-        if text.lines().any(|l| l.starts_with("sluice_queue_requests{") && l.contains("held_lane") && l.ends_with(" 1")) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the first request never queued");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (server, holder, body) = full_queue(Duration::from_secs(30)).await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     let mut requests = post("/v2/models/held_lane/infer", &body, "");
     requests += "GET /v2/health/live HTTP/1.1\r\nhost: t\r\n\r\n";
@@ -280,19 +270,8 @@ async fn a_refused_connection_waits_for_room_before_its_next_request() {
     // The queued request's client leaves: its place frees up and the held connection is read again.
     drop(holder);
     let started = std::time::Instant::now();
-    let rest = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !String::from_utf8_lossy(&buf).contains("\r\n\r\n") {
-            let n = tcp.read(&mut chunk).await.expect("read");
-            assert!(n > 0, "closed");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        String::from_utf8_lossy(&buf).to_string()
-    })
-    .await
-    .expect("the held request was answered once the queue had room");
-    assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    let rest = read_answers(&mut tcp, 1).await;
+    assert_eq!(rest[0].status, 200, "{}", rest[0].head);
+    assert!(started.elapsed() < Duration::from_secs(10), "the held request was answered only after {:?}", started.elapsed());
     server.shutdown().await;
 }

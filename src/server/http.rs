@@ -214,9 +214,9 @@ pub async fn lane_infer(state: &AppState, model: String, version: Option<String>
 }
 
 /// The answer to an inference the lane has read the head of, when it is refused before its body is read: the model's
-/// queue is full (429), counted and logged as any inference answer. `None`: read the body and run it
-/// ([`lane_infer`]); every other check happens there.
-/// Also gives the model version, whose queue the connection waits on before its next request is read.
+/// queue is full (429), counted and logged as any inference answer, with the model version whose queue the connection
+/// may wait on before its next request is read. `None`: read the body and run it ([`lane_infer`]); every other check
+/// happens there.
 pub fn lane_refusal(state: &AppState, model: &str, version: Option<&str>) -> Option<(Answer, Arc<ModelVersion>)> {
     let started = std::time::Instant::now();
     let m = pipeline::serving_model(state, model, version).ok()?;

@@ -163,18 +163,12 @@ where
         first = false;
         // An overloaded model's 429 is decided from the head: its body is then read only to keep the connection (and
         // not at all when it is large: the connection closes), never decoded.
-        let refused = match &head.route {
-            Route::Infer { model, version, .. } => super::http::lane_refusal(state, model, version.as_deref()),
-            Route::General => None,
+        let (mut refused, held_on) = match &head.route {
+            Route::Infer { model, version, .. } => super::http::lane_refusal(state, model, version.as_deref()).unzip(),
+            Route::General => (None, None),
         };
-        let (refused, held_on) = match refused {
-            Some((answer, model)) => (Some(answer), Some(model)),
-            None => (None, None),
-        };
-        if refused.is_some() && head.body_len > MAX_DISCARDED_BODY {
-            if let Some(answer) = refused {
-                let _ = write_answer(io, &mut out, answer, true).await;
-            }
+        if let Some(answer) = refused.take_if(|_| head.body_len > MAX_DISCARDED_BODY) {
+            let _ = write_answer(io, &mut out, answer, true).await;
             let _ = io.shutdown().await;
             return LaneEnd::Closed;
         }
